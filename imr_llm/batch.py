@@ -1,0 +1,258 @@
+"""Batch extraction: concurrency, cache, resumability, atomic ordered output, progress, costs.
+
+Records are written in input order through a bounded reorder window, so memory stays flat and a
+re-run produces byte-identical output. Output goes to a temporary file renamed over the target
+only when the run ends: an interrupted run never leaves a half-written or duplicated file, and the
+cache (one committed row per finished letter) makes the re-run resume without repeating LLM calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import __version__
+from .cache import Cache, key
+from .config import Settings, redact
+from .extract import PROMPT_VERSION, LLMExtraction, analyse, assemble, build_messages
+from .llm import CURRENT, LLMError, Provider, Tally, cost
+from .load import LetterError, read_letter
+from .models import CSV_COLUMNS, SCHEMA_VERSION, DecisionRecord, Usage, csv_rows
+
+NO_MODEL_NOTICE = (
+    "No model configured: extracting with the layout parser and rules only; fields that need a model "
+    "(anything the letter does not state in a fixed phrasing) stay empty. To use one, set IMR_MODEL to "
+    "openai:gpt-4o-mini (with OPENAI_API_KEY), compatible:NAME (with IMR_BASE_URL, e.g. Ollama/vLLM/llama.cpp server) "
+    "or llama-cpp:/path/model.gguf (pip install -e '.[local]'), or pass --model."
+)
+
+
+@dataclass
+class Outcome:
+    path: str
+    record: DecisionRecord | None = None
+    error: str | None = None
+    cached: bool = False
+
+
+@dataclass
+class Totals:
+    ok: int = 0
+    failed: int = 0
+    cached: int = 0
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    retry_tokens: int = 0
+    cost_usd: float | None = 0.0
+    flagged: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, o: Outcome) -> None:
+        if o.record is None:
+            self.failed += 1
+            self.errors.append(o.error or f"{o.path}: unknown error")
+            return
+        self.ok += 1
+        u = o.record.usage
+        if o.cached:
+            self.cached += 1
+        else:
+            self.calls += u.calls
+            self.input_tokens += u.input_tokens
+            self.output_tokens += u.output_tokens
+            self.retry_tokens += u.retry_tokens
+            if self.cost_usd is not None:
+                self.cost_usd = None if u.cost_usd is None and u.calls else self.cost_usd + (u.cost_usd or 0.0)
+        if any(not f.startswith("input:") for f in o.record.flags):
+            self.flagged += 1
+
+
+class Extractor:
+    def __init__(self, s: Settings, provider: Provider | None = None, use_cache: bool = True):
+        self.s = s
+        self.provider = provider
+        self.cache = Cache(s.data_dir / "cache.sqlite") if use_cache else None
+        self.prompt = PROMPT_VERSION if s.provider != "none" else "-"
+
+    async def one(self, path: str) -> Outcome:
+        try:
+            return await self._one(path)
+        except LetterError as e:
+            return Outcome(path, error=redact(str(e)))
+        except LLMError as e:
+            return Outcome(path, error=redact(f"{path}: model failed after retries: {e}"))
+        except Exception as e:  # never let one letter stop the batch
+            return Outcome(path, error=redact(f"{path}: internal error {type(e).__name__}: {str(e)[:200]} (rerun with --debug)"))
+
+    async def _one(self, path: str) -> Outcome:
+        letter = read_letter(path)
+        rkey = key("record", letter.sha256, letter.path, self.s.label, self.prompt, SCHEMA_VERSION, __version__)
+        if self.cache and (hit := self.cache.get(rkey)):
+            rec = DecisionRecord.model_validate(hit)
+            rec.usage.cached = True
+            return Outcome(path, rec, cached=True)
+        lay = analyse(letter)
+        llm_out, usage, flags = None, Usage(provider=self.s.provider, model=self.s.model), []
+        if self.provider is not None:
+            usage.prompt_version = PROMPT_VERSION
+            lkey = key("llm", letter.text_sha256, self.s.label, PROMPT_VERSION, SCHEMA_VERSION)
+            got = self.cache.get(lkey) if self.cache else None
+            if got:
+                llm_out = LLMExtraction.model_validate(got["output"])
+                usage.cached = True
+            else:
+                msgs, truncated = build_messages(lay, self.s.model)
+                if truncated:
+                    flags.append("llm_input_truncated: rationales were shortened to fit the token budget")
+                tally = Tally()
+                tok = CURRENT.set(tally)
+                try:
+                    llm_out = await self.provider.extract(msgs, LLMExtraction)
+                finally:
+                    CURRENT.reset(tok)
+                usage.calls, usage.input_tokens, usage.output_tokens = tally.calls, tally.input_tokens, tally.output_tokens
+                usage.retry_tokens = tally.retry_tokens
+                usage.cost_usd = cost(self.s, tally.input_tokens, tally.output_tokens)
+                if self.cache:
+                    self.cache.put(lkey, "llm", {"output": llm_out.model_dump(mode="json"), "usage": usage.model_dump()})
+        rec = assemble(letter, lay, llm_out, usage, flags)
+        if self.cache:
+            self.cache.put(rkey, "record", rec.model_dump(mode="json"))
+        return Outcome(path, rec)
+
+
+class AtomicWriter:
+    """Write to ``path.tmp-PID`` and rename over ``path`` on ``commit``; nothing changes before."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.f = open(self.tmp, "w", encoding="utf-8", newline="")
+
+    def commit(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path | None, concurrency: int,
+              on_done: Callable[[Outcome], None] | None = None) -> Totals:
+    totals = Totals()
+    jw = AtomicWriter(out) if out else None
+    cw = AtomicWriter(csv_path) if csv_path else None
+    cwriter = csv.DictWriter(cw.f, fieldnames=CSV_COLUMNS) if cw else None
+    if cwriter:
+        cwriter.writeheader()
+    sem = asyncio.Semaphore(max(1, concurrency))
+
+    async def guarded(p: str) -> Outcome:
+        async with sem:
+            return await ex.one(p)
+
+    window: deque[asyncio.Task] = deque()
+    limit = max(16, concurrency * 4)
+    seen_ids: dict[str, int] = {}
+
+    def emit(o: Outcome) -> None:
+        totals.add(o)
+        if o.record is not None:
+            rid = o.record.letter_id
+            n = seen_ids.get(rid, 0)
+            seen_ids[rid] = n + 1
+            if n:  # same file name in two folders: keep ids unique in one output
+                o.record.letter_id = f"{rid}~{o.record.sha256[:8]}"
+            if jw:
+                jw.f.write(o.record.model_dump_json(exclude={"usage": {"cached"}}) + "\n")
+            if cwriter:
+                cwriter.writerows(csv_rows(o.record))
+        if on_done:
+            on_done(o)
+
+    try:
+        for p in paths:
+            window.append(asyncio.create_task(guarded(p)))
+            while len(window) >= limit:
+                emit(await window.popleft())
+        while window:
+            emit(await window.popleft())
+    except BaseException:
+        for t in window:
+            t.cancel()
+        for w in (jw, cw):
+            if w:
+                w.abort()
+        raise
+    for w in (jw, cw):
+        if w:
+            w.commit()
+    return totals
+
+
+def dry_run(paths: Iterable[str], s: Settings) -> dict:
+    """Letters, input tokens and estimated cost, without calling any model."""
+    from . import tokens
+
+    n_ok, n_fail, tin, tout, errors = 0, 0, 0, 0, []
+    for p in paths:
+        try:
+            letter = read_letter(p)
+            lay = analyse(letter)
+        except LetterError as e:
+            n_fail += 1
+            errors.append(str(e))
+            continue
+        msgs, _ = build_messages(lay, s.model)
+        n_ok += 1
+        tin += sum(tokens.count(m["content"], s.model) for m in msgs) + 900  # + tool schema
+        tout += 120 + 90 * len(lay.items)  # measured typical answer size
+    return {"letters": n_ok, "unreadable": n_fail, "input_tokens": tin, "est_output_tokens": tout,
+            "est_cost_usd": cost(s, tin, tout), "errors": errors}
+
+
+def progress_callback(total: int):
+    """A rich progress bar (rate and ETA) on stderr; returns (callback, stop)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    prog = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]} letters/s"), TimeRemainingColumn(), console=console,
+                    disable=not console.is_terminal)
+    task = prog.add_task("x", total=total, rate="-")
+    start = time.monotonic()
+    prog.start()
+
+    def cb(o: Outcome) -> None:
+        done = prog.tasks[0].completed + 1
+        el = time.monotonic() - start
+        prog.update(task, advance=1, rate=f"{done / el:.1f}" if el > 0 else "-")
+
+    return cb, prog.stop
+
+
+def print_errors_hint(errors: list[str]) -> None:
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+
+
+def to_jsonable(t: Totals) -> dict:
+    return {k: v for k, v in t.__dict__.items()}
+
+
+def dumps(x: dict) -> str:
+    return json.dumps(x, indent=2)

@@ -1,0 +1,47 @@
+"""Content-addressed cache (SQLite, WAL): LLM answers and finished records survive any crash.
+
+Keys are sha256 of everything that determines the value (text hash, model, prompt version,
+schema version, code version), so a change to any of them is a cache miss, never a stale hit.
+Each ``put`` is its own committed transaction: a killed run keeps everything finished before it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+
+def key(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+class Cache:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, kind TEXT, v TEXT)")
+            self._db.commit()
+        except sqlite3.DatabaseError as e:
+            raise RuntimeError(f"{path}: cache database is damaged ({e}); delete it to start over") from None
+
+    def get(self, k: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT v FROM kv WHERE k=?", (k,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, k: str, kind: str, value: dict) -> None:
+        data = json.dumps(value, separators=(",", ":"))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO kv (k, kind, v) VALUES (?,?,?)", (k, kind, data))
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

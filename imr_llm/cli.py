@@ -1,0 +1,26 @@
+"""Root CLI: wiring only; each command lives in ``imr_llm.cmd``."""
+from __future__ import annotations
+
+import typer
+
+from .cmd import ask, evaluate, extract, index, model
+
+app = typer.Typer(name="imr", help="Source-grounded records, search and answers over IMR determination letters.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+app.command("extract")(extract.extract)
+app.command("schema")(extract.schema)
+app.command("text")(extract.text)
+app.command("index")(index.index)
+app.command("ingest")(index.ingest)
+app.command("ask")(ask.ask)
+app.add_typer(evaluate.app, name="eval", help="Run eval suites against labeled letters.")
+app.add_typer(model.app, name="model", help="Install and check the bundled local test model.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""`imr extract`, `imr schema`, `imr text`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import batch
+from ..load import LetterError, expand_inputs, read_letter
+from ..models import DecisionRecord
+from .common import die, get_settings, notice
+
+
+def extract(
+    paths: List[str] = typer.Argument(..., help="letters: .txt/.pdf files, folders (recursive) or globs"),
+    out: Path = typer.Option(Path("records.jsonl"), "--out", "-o", help="JSONL output, one record per letter"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="also write one flat row per disputed item"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL (openai:gpt-4o-mini, compatible:NAME, llama-cpp:FILE.gguf, none); default IMR_MODEL or none"),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=256),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print letters, tokens and estimated cost; call nothing"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="ignore and do not fill the cache"),
+    local_only: bool = typer.Option(False, "--local-only", help="refuse any provider not on this machine or a private URL"),
+    debug: bool = typer.Option(False, "--debug", help="tracebacks instead of one-line errors"),
+) -> None:
+    """Extract one grounded decision record per letter."""
+    s = get_settings(model, local_only, need_key=not dry_run)
+    try:
+        files = [str(p) for p in expand_inputs(paths)]
+    except LetterError as e:
+        die(str(e))
+    if not files:
+        die(f"no .txt or .pdf letters found in: {' '.join(paths)}")
+    if dry_run:
+        r = batch.dry_run(files, s)
+        cost = "n/a (unknown price; set IMR_PRICE_IN/IMR_PRICE_OUT)" if r["est_cost_usd"] is None else f"${r['est_cost_usd']:.4f}"
+        print(f"letters: {r['letters']} readable, {r['unreadable']} unreadable\nmodel: {s.label}\n"
+              f"input tokens: {r['input_tokens']}\nestimated output tokens: {r['est_output_tokens']}\nestimated cost: {cost}")
+        for e in r["errors"]:
+            print(f"error: {e}", file=sys.stderr)
+        if s.provider == "none":
+            notice("no model chosen (--model or IMR_MODEL): a real run would make no LLM calls")
+        return
+    provider = None
+    if s.provider == "none":
+        notice(batch.NO_MODEL_NOTICE)
+    else:
+        from ..llm import LLMError, Provider
+        try:
+            provider = Provider(s)
+        except Exception as e:
+            if debug:
+                traceback.print_exc()
+            die(f"cannot start model {s.label}: {e}")
+    ex = batch.Extractor(s, provider, use_cache=not no_cache)
+    if debug:
+        async def loud(p: str):  # re-raise inside for a traceback
+            return await ex._one(p)
+        ex.one = loud  # type: ignore[method-assign]
+    cb, stop = batch.progress_callback(len(files))
+    try:
+        totals = asyncio.run(batch.run(files, ex, out, csv, concurrency, cb))
+    except KeyboardInterrupt:
+        stop()
+        die("interrupted: nothing written; finished letters are cached, rerun the same command to resume", 130)
+    finally:
+        stop()
+    _summary(totals, s, out, csv)
+    if totals.failed:
+        raise typer.Exit(1)
+
+
+def _summary(t: batch.Totals, s, out: Path, csv: Optional[Path]) -> None:
+    con = Console(stderr=True)
+    tab = Table(title="imr extract", show_header=False)
+    tab.add_row("records written", f"{t.ok} -> {out}" + (f" (+ {csv})" if csv else ""))
+    tab.add_row("failed letters", str(t.failed))
+    tab.add_row("flagged for review", str(t.flagged))
+    tab.add_row("model", s.label)
+    if s.provider != "none":
+        tab.add_row("LLM calls", f"{t.calls} ({t.cached} letters from cache)")
+        tab.add_row("tokens in / out", f"{t.input_tokens} / {t.output_tokens} (retries: {t.retry_tokens})")
+        tab.add_row("cost", "n/a (unknown price)" if t.cost_usd is None else f"${t.cost_usd:.4f}")
+    con.print(tab)
+    for e in t.errors:
+        print(f"error: {e}", file=sys.stderr)
+
+
+def schema() -> None:
+    """Print the JSON Schema of a decision record."""
+    print(json.dumps(DecisionRecord.model_json_schema(), indent=2))
+
+
+def text(path: Path = typer.Argument(..., help="a letter")) -> None:
+    """Print the letter text that evidence offsets refer to (PDF: its text layer)."""
+    try:
+        sys.stdout.write(read_letter(path).text)
+    except LetterError as e:
+        die(str(e))

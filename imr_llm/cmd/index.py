@@ -1,0 +1,4 @@
+import typer
+app = typer.Typer()
+def index(): "Not yet."
+def ingest(): "Not yet."

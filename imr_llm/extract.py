@@ -1,0 +1,214 @@
+"""One letter to one grounded ``DecisionRecord``: layout parse, rules, optional LLM, grounding.
+
+The LLM is given the parsed structure (summary, request lines, rationales), never the boilerplate,
+and asked only for what the parser cannot read. Its answer is typed by ``LLMExtraction``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+from . import lexicon as lx
+from . import tokens
+from .ground import Assembler, locate
+from .load import Letter, LetterError
+from .models import SCHEMA_VERSION, Category, DecisionRecord, Reason, Region, Sex, Usage
+from .rules import Fact, layout_facts, rule_facts
+from .segment import Layout, parse
+
+PROMPT_FILE = "extract_v1.md"
+PROMPT_VERSION = "extract-v1"
+MAX_INPUT_TOKENS = 6000
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+
+
+# --- what the model fills -----------------------------------------------------------------------
+# Every list has max_length: without it small models loop inside a list until max_tokens.
+
+class LLMReason(BaseModel):
+    code: Reason
+    quote: str = Field(description="verbatim fragment of this item's rationale stating the reason", max_length=400)
+
+
+class LLMItem(BaseModel):
+    index: int
+    decision: str = Field(description="outcome word printed after the request line")
+    category: Optional[Category] = None
+    quantity: Optional[int] = Field(None, description="sessions/visits/units in the request line, if stated")
+    frequency: Optional[str] = Field(None, description="verbatim frequency phrase from the request line")
+    body_regions: list[Region] = Field(default_factory=list, max_length=6)
+    denial_reasons: list[LLMReason] = Field(default_factory=list, max_length=6)
+
+
+class LLMSurgery(BaseModel):
+    procedure: str = Field(description="verbatim procedure name")
+    body_region: Optional[Region] = None
+    level: Optional[str] = Field(None, description="spinal level as written, e.g. L3-L4")
+    date: Optional[str] = Field(None, description="date as written in the letter")
+    quote: str = Field(description="verbatim sentence fragment mentioning the surgery", max_length=400)
+
+
+class LLMExtraction(BaseModel):
+    age: Optional[int] = Field(None, description="claimant age, only if the letter states it")
+    sex: Optional[Sex] = Field(None, description="claimant sex, only if the letter states it")
+    claimant_quote: Optional[str] = Field(None, description="verbatim fragment stating age and/or sex", max_length=300)
+    diagnoses: list[str] = Field(default_factory=list, max_length=12)
+    prior_treatments: list[str] = Field(default_factory=list, max_length=12)
+    surgeries: list[LLMSurgery] = Field(default_factory=list, max_length=6)
+    items: list[LLMItem] = Field(default_factory=list, max_length=40)
+
+
+def system_prompt() -> str:
+    text = (PROMPTS_DIR / PROMPT_FILE).read_text(encoding="utf-8")
+    return re.sub(r"<!--.*?-->\s*", "", text, flags=re.DOTALL).strip()
+
+
+def build_messages(lay: Layout, model: str | None = None, budget: int = MAX_INPUT_TOKENS) -> tuple[list[dict], bool]:
+    """The compact user message: summary + each item's request, decision and rationale."""
+    def render(cut: int | None) -> str:
+        parts = [f"CLINICAL CASE SUMMARY:\n{lay.summary.text if lay.summary else '(none)'}"]
+        for it in lay.items:
+            r = it.rationale.text if it.rationale else ""
+            if cut is not None and len(r) > cut:
+                r = r[:cut] + " [...]"
+            parts.append(f"ITEM {it.index}: {it.request.text}\nDECISION: {it.decision.text}\nRATIONALE: {r}")
+        return "\n\n".join(parts)
+
+    body, truncated = render(None), False
+    if tokens.count(body, model) > budget:
+        truncated = True
+        cut = 2000
+        while cut > 200 and tokens.count(body := render(cut), model) > budget:
+            cut = int(cut * 0.7)
+    msgs = [{"role": "system", "content": system_prompt()}, {"role": "user", "content": body}]
+    return msgs, truncated
+
+
+_INJECTION = re.compile(
+    r"ignore\s+(?:all\s+|any\s+)?(?:the\s+)?(?:previous|prior|above|earlier)\s+instructions|disregard\s+(?:\w+\s+){0,3}instructions"
+    r"|system\s+prompt|you\s+are\s+now\b|mark\s+(?:every|all)\s+items?|\"\s*\}\s*\]\s*\}|</?(?:tool|function|system)\b|\bassistant\s*:",
+    re.IGNORECASE)
+
+
+def letter_id(path: str) -> str:
+    return Path(path).stem
+
+
+def analyse(letter: Letter) -> Layout:
+    """Parse and refuse what is not a usable IMR letter (one-line reason)."""
+    lay = parse(letter.norm.text)
+    if lay.problems:
+        raise LetterError(letter.path, lay.problems[0])
+    if not lay.items:
+        raise LetterError(letter.path, "no disputed items found")
+    return lay
+
+
+def llm_facts(x: LLMExtraction, lay: Layout) -> tuple[list[Fact], list[str]]:
+    """Turn the model's answer into located-later facts, plus flags from the decision cross-check."""
+    facts: list[Fact] = []
+    flags: list[str] = []
+    summ = (lay.summary.start, lay.summary.end) if lay.summary else None
+    if summ:
+        if x.age is not None:
+            facts.append(Fact("claimant.age", x.age, origin="llm", quote=x.claimant_quote, within=summ))
+        if x.sex is not None:
+            facts.append(Fact("claimant.sex", x.sex, origin="llm", quote=x.claimant_quote, within=summ))
+        facts += [Fact("diagnoses[]", d, origin="llm", within=summ) for d in x.diagnoses]
+        facts += [Fact("prior_treatments[]", t, origin="llm", within=summ) for t in x.prior_treatments]
+        facts += [Fact("surgeries[]", s, origin="llm", quote=s.quote, within=summ) for s in x.surgeries]
+    by_index = {it.index: it for it in lay.items}
+    for li in x.items:
+        it = by_index.get(li.index)
+        if it is None:
+            flags.append(f"llm_extra_item:{li.index}")
+            continue
+        p, req = f"items[{it.index}]", (it.request.start, it.request.end)
+        if li.decision.strip().lower() != it.decision.text.strip().lower():
+            flags.append(f"decision_mismatch:{p}: letter says {it.decision.text!r}, model said {li.decision!r}")
+        if li.category:
+            facts.append(Fact(f"{p}.category", li.category, origin="llm", quote=it.request.text, within=req))
+        if li.quantity is not None:
+            facts.append(Fact(f"{p}.quantity", li.quantity, origin="llm", quote=it.request.text, within=req))
+        if li.frequency:
+            facts.append(Fact(f"{p}.frequency", li.frequency, origin="llm", within=req))
+        for reg in li.body_regions:
+            facts.append(Fact(f"{p}.body_regions[]", reg, origin="llm", quote=it.request.text, within=req))
+        if it.rationale:
+            rat = (it.rationale.start, it.rationale.end)
+            for r in li.denial_reasons:
+                facts.append(Fact(f"{p}.denial_reasons[]", r.code, origin="llm", quote=r.quote, within=rat))
+    missing = set(by_index) - {li.index for li in x.items}
+    if missing:
+        flags.append(f"llm_missed_items:{sorted(missing)}")
+    return facts, flags
+
+
+def _add_surgery(asm: Assembler, fact: Fact) -> None:
+    s: LLMSurgery = fact.value
+    lo, hi = fact.within
+    hit = locate(s.quote, asm.text, lo, hi) or locate(s.procedure, asm.text, lo, hi)
+    if hit is None:
+        asm.drop("surgeries[]", s.procedure, "llm", "quote not found in the letter")
+        return
+    qs, qe = hit[0], hit[1]
+    proc = locate(s.procedure, asm.text, max(lo, qs - 200), min(hi, qe + 200))
+    if proc is None:
+        asm.drop("surgeries[]", s.procedure, "llm", "procedure not found near its quote")
+        return
+    if asm._has_equal("surgeries[]", {"procedure": s.procedure}):
+        return
+    near = asm.text[max(lo, qs - 50):min(hi, qe + 50)]
+    val = {"procedure": asm.text[proc[0]:proc[1]], "body_region": None, "level": None, "date": None}
+    spans = [(".procedure", proc[0], proc[1], proc[2], proc[3])]
+    if s.date:
+        iso = next((d for d, _, _ in lx.dates_in(s.date)), None)
+        found = next(((d, a, b) for d, a, b in lx.dates_in(near) if d == iso), None) if iso else None
+        if found:
+            off = max(lo, qs - 50)
+            val["date"] = iso
+            spans.append((".date", off + found[1], off + found[2], "exact", None))
+        else:
+            asm.drop("surgeries[].date", s.date, "llm", "date not stated near the surgery")
+    if s.level:
+        lv = locate(s.level, asm.text, max(lo, qs - 50), min(hi, qe + 50))
+        if lv:
+            val["level"] = s.level.upper().replace(" ", "")
+            spans.append((".level", lv[0], lv[1], lv[2], lv[3]))
+    if s.body_region and lx.region_supported(s.body_region, near):
+        m = next((h for h in lx.body_regions(near) if h[0] == s.body_region), None)
+        if m:
+            off = max(lo, qs - 50)
+            val["body_region"] = s.body_region
+            spans.append((".body_region", off + m[1], off + m[2], "exact", None))
+    asm.put(Fact("surgeries[]", val, origin="llm"), spans)
+
+
+def assemble(letter: Letter, lay: Layout, llm: LLMExtraction | None = None, usage: Usage | None = None,
+             extra_flags: list[str] | None = None) -> DecisionRecord:
+    asm = Assembler(letter, lay)
+    for f in layout_facts(lay) + rule_facts(lay, letter.norm.text):
+        asm.add_spanned(f)
+    flags = list(extra_flags or [])
+    if llm is not None:
+        facts, fl = llm_facts(llm, lay)
+        flags += fl
+        for f in facts:
+            if f.field == "surgeries[]":
+                _add_surgery(asm, f)
+            else:
+                asm.add_proposed(f)
+    if _INJECTION.search(letter.norm.text):
+        flags.append("prompt_injection_suspected: the letter contains text addressed to a model; decisions come from the layout parser")
+    for feat in lay.features:
+        if feat.startswith("unusual_outcome:"):
+            flags.append(feat)
+    flags += [f"input: {n}" for n in letter.notes]
+    if any(ev.status == "not_found" for ev in asm.evidence):
+        flags.append("ungrounded_values_dropped")
+    return asm.record(letter_id=letter_id(letter.path), source_path=letter.path, sha256=letter.sha256,
+                      text_sha256=letter.text_sha256, layout=[f for f in lay.features if ":" not in f],
+                      usage=usage or Usage(), flags=flags, schema_version=SCHEMA_VERSION)

@@ -1,0 +1,321 @@
+"""Small controlled vocabularies and pure parsers for what IMR letters state plainly.
+
+Every function returns values *with* their span in the text it was given, so callers can ground
+them. Order matters in the tables: the first matching entry wins.
+"""
+from __future__ import annotations
+
+import re
+from datetime import date
+
+NUMBER_WORDS = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
+    "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
+    "twenty-four": 24, "thirty": 30, "thirty-six": 36, "forty": 40, "sixty": 60, "ninety": 90,
+    "once": 1, "twice": 2, "single": 1,
+}
+_NUM = r"(?:\d+|" + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True)) + r")"
+
+
+def to_int(tok: str) -> int | None:
+    tok = tok.lower().strip()
+    if tok.isdigit():
+        return int(tok)
+    return NUMBER_WORDS.get(tok)
+
+
+# --- categories ----------------------------------------------------------------------------------
+
+CATEGORIES = [
+    ("physical_therapy", r"physical\s+therap\w*|physiotherap\w*|\bPT\b|physical\s+medicine|aqua(?:tic)?\s+therap\w*|"
+                         r"work\s+(?:hardening|conditioning)|occupational\s+therap\w*|\bOT\b|therapeutic\s+exercise"),
+    ("acupuncture", r"acupunct\w*|electro-?acupunct\w*"),
+    ("chiropractic", r"chiropract\w*|manipulat\w*|\bCMT\b"),
+    ("psych", r"psych\w*|cognitive\s+behavio\w*|\bCBT\b|biofeedback|counsel+ing|behavio\w*\s+(?:therapy|medicine)"),
+    ("injection", r"inject\w*|epidural|\bESI\b|facet|nerve\s+block|\bblocks?\b|trigger\s+point|radiofrequency|"
+                  r"rhizotomy|\bPRP\b|platelet[- ]rich|botox|botulinum|viscosupplement\w*|synvisc|orthovisc|cortisone|"
+                  r"hyaluron\w*"),
+    ("imaging", r"\bMRI\b|magnetic\s+resonance|\bCT\b(?:\s+scan)?|computed\s+tomograph\w*|x-?rays?|radiograph\w*|"
+                r"ultrasound|bone\s+scan|\bimaging\b|arthrogram"),
+    ("diagnostic", r"\bEMG\b|\bNCV\b|\bNCS\b|electrodiagnos\w*|nerve\s+conduction|electromyograph\w*|sleep\s+study|"
+                   r"urine\s+drug\s+(?:screen|test)\w*|\bUDS\b|laborator\w*|blood\s+(?:test|work)|functional\s+capacity\s+evaluation"),
+    ("dme", r"\bTENS\b|\bH-?wave\b|\bbrace\b|\bcane\b|walker|wheelchair|\bDME\b|durable\s+medical|cold\s+therapy|"
+            r"hot/cold|cryotherapy\s+unit|interferential|orthotic\w*|\bsplint\b|pillow|mattress|\bbed\b|"
+            r"compression\s+(?:device|unit|stockings?)|continuous\s+passive\s+motion|\bCPM\b|\bunit\b|\bsupplies\b"),
+    ("medication", r"\d+\s*(?:mg|mcg|%)\b|#\s*\d+|tablets?|capsules?|\bcream\b|\bgel\b|\bpatch(?:es)?\b|ointment|"
+                   r"compound\w*|\btopical\b|norco|hydrocodone|oxycodone|oxycontin|percocet|tramadol|ultram|"
+                   r"tylenol|codeine|morphine|fentanyl|methadone|tapentadol|nucynta|buprenorphine|gabapentin|"
+                   r"neurontin|lyrica|pregabalin|cyclobenzaprine|flexeril|tizanidine|baclofen|soma|carisoprodol|"
+                   r"naproxen|anaprox|ibuprofen|motrin|meloxicam|mobic|celebrex|celecoxib|diclofenac|voltaren|"
+                   r"lidoderm|lidocaine|omeprazole|prilosec|pantoprazole|ranitidine|duloxetine|cymbalta|"
+                   r"amitriptyline|trazodone|zolpidem|ambien|medication|prescription|\bopioid"),
+    ("surgery", r"surger\w*|surgical|arthroscop\w*|fusion|laminectom\w*|discectom\w*|microdiscectom\w*|"
+                r"decompression|arthroplast\w*|replacement|\brepair\b|reconstruction|\w+ectomy|\w+otomy|\w+plasty|"
+                r"\bORIF\b|carpal\s+tunnel\s+release|release\b|debridement|\bACDF\b"),
+    ("home_health", r"home\s+health|home\s+care|nursing\s+care|attendant|housekeeping"),
+    ("consultation", r"consult\w*|referral|evaluation|follow[- ]up|office\s+visit|specialist|second\s+opinion"),
+    ("program", r"functional\s+restoration|\bFRP\b|pain\s+program|weight\s+loss\s+program|gym\s+membership|"
+                r"detox\w*|rehabilitation\s+program"),
+    ("transportation", r"transport\w*"),
+]
+CATEGORY_NAMES = [c for c, _ in CATEGORIES] + ["other"]
+_CATEGORY_RES = [(c, re.compile(p, re.IGNORECASE)) for c, p in CATEGORIES]
+
+
+def categorize(request: str) -> tuple[str, int, int] | None:
+    """Category of a request line, with the span of the word that decided it."""
+    for cat, rx in _CATEGORY_RES:
+        m = rx.search(request)
+        if m:
+            return cat, m.start(), m.end()
+    return None
+
+
+def category_supported(category: str, quote: str) -> bool:
+    """True when ``quote`` contains a lexicon term of ``category`` (``other`` always passes)."""
+    for cat, rx in _CATEGORY_RES:
+        if cat == category:
+            return bool(rx.search(quote))
+    return category == "other"
+
+
+# --- body regions -------------------------------------------------------------------------------
+
+REGIONS = [
+    ("cervical", r"cervical|\bneck\b|\bC\d(?:-C?\d)?\b"),
+    ("thoracic", r"thoracic|mid[- ]back|upper\s+back|\bT\d{1,2}(?:-T?\d{1,2})?\b"),
+    ("lumbar", r"lumbar|lumbosacral|low(?:er)?\s+back|\bL\d(?:-[LS]?\d)?\b"),
+    ("sacral", r"sacr(?:al|um|oiliac)|\bSI\s+joint"),
+    ("shoulder", r"shoulders?|rotator\s+cuff"),
+    ("elbow", r"elbows?"),
+    ("wrist", r"wrists?|carpal"),
+    ("hand", r"\bhands?\b|fingers?|thumbs?"),
+    ("hip", r"\bhips?\b"),
+    ("knee", r"\bknees?\b|menisc\w*"),
+    ("ankle", r"ankles?"),
+    ("foot", r"\bfoot\b|\bfeet\b|plantar"),
+    ("head", r"\bhead\b|cranial|\bTMJ\b|jaw"),
+    ("spine", r"\bspine\b|spinal"),
+]
+REGION_NAMES = [r for r, _ in REGIONS] + ["upper_extremity", "lower_extremity", "other"]
+_REGION_RES = [(r, re.compile(p, re.IGNORECASE)) for r, p in REGIONS]
+_SPINE_PARTS = {"cervical", "thoracic", "lumbar", "sacral"}
+
+
+def body_regions(text: str) -> list[tuple[str, int, int]]:
+    """Body regions named in ``text`` (first mention each), in text order.
+
+    "spine" alone is kept only when no specific spinal level is named ("cervical spine" -> cervical).
+    """
+    hits: list[tuple[str, int, int]] = []
+    for reg, rx in _REGION_RES:
+        m = rx.search(text)
+        if m:
+            hits.append((reg, m.start(), m.end()))
+    if any(h[0] in _SPINE_PARTS for h in hits):
+        hits = [h for h in hits if h[0] != "spine"]
+    return sorted(hits, key=lambda h: h[1])
+
+
+def region_supported(region: str, quote: str) -> bool:
+    for reg, rx in _REGION_RES:
+        if reg == region:
+            return bool(rx.search(quote))
+    return region in ("upper_extremity", "lower_extremity", "other")
+
+
+# --- quantities and frequencies -------------------------------------------------------------------
+
+_QTY_PATTERNS = [
+    # "Eight (8) Additional ..." / "Twelve additional ..." / "6 Physical therapy ..."
+    re.compile(rf"^\s*(?:(?:retrospective|prospective|request\s+for|additional)\s+)*(?P<w>{_NUM})\b(?:\s*\((?P<d>\d+)\))?(?!\s*(?:mg|mcg|%|/|-(?:level|day|week)))", re.IGNORECASE),
+    # "2x6" / "2 x 6" (times per week x weeks)
+    re.compile(r"\b(?P<a>\d+)\s*[xX]\s*(?P<b>\d+)\b(?!\s*(?:mg|mcg))"),
+    # "... 12 sessions" / "(12) visits"
+    re.compile(rf"\(?\b(?P<w>{_NUM})\)?\s+(?:additional\s+|more\s+|further\s+|post-?operative\s+|initial\s+)?(?:\w+\s+){{0,3}}?(?:sessions?|visits?|treatments?)\b", re.IGNORECASE),
+    # medications "#60", "qty 60", "quantity: 90"
+    re.compile(r"(?:#\s*|\bqty:?\s*|\bquantity:?\s*)(?P<d>\d+)", re.IGNORECASE),
+]
+
+
+def quantity(request: str) -> tuple[int, int, int] | None:
+    """Number of sessions/units requested, with its span; None when the line states none."""
+    for rx in _QTY_PATTERNS:
+        m = rx.search(request)
+        if not m:
+            continue
+        gd = m.groupdict()
+        if gd.get("a"):
+            return int(gd["a"]) * int(gd["b"]), m.start(), m.end()
+        if gd.get("d") and not gd.get("w"):
+            return int(gd["d"]), m.start("d") - (1 if request[m.start("d") - 1:m.start("d")] == "#" else 0), m.end("d")
+        val = to_int(gd["w"])
+        if gd.get("d"):
+            val = int(gd["d"])
+            return val, m.start("w"), m.end()
+        if val is not None and 0 < val < 1000:
+            return val, m.start("w"), m.end("w")
+    return None
+
+
+_FREQ = re.compile(
+    rf"\b(?:{_NUM}\s+times?|once|twice)\s+(?:a|per|each)\s+(?:day|week|month)(?:\s+(?:for|x)\s+{_NUM}\s+(?:days?|weeks?|months?))?"
+    rf"|\b{_NUM}\s*(?:x|times)\s*(?:a\s+)?(?:weekly|per\s+week|a\s+week|/\s*week|/\s*wk)(?:\s*(?:for|x)\s*{_NUM}\s*(?:weeks?|wks?))?"
+    r"|\b\d+\s*[xX]\s*\d+\b(?!\s*(?:mg|mcg))"
+    r"|\b(?:once|twice|three times)\s+(?:daily|weekly|monthly)"
+    r"|\b(?:every|q)\s*\d+\s*(?:-\s*\d+\s*)?(?:hours?|hrs?|h)\b|\b(?:b\.?i\.?d|t\.?i\.?d|q\.?i\.?d|q\.?d|p\.?r\.?n)\b\.?",
+    re.IGNORECASE,
+)
+
+
+def frequency(request: str) -> tuple[str, int, int] | None:
+    m = _FREQ.search(request)
+    if not m:
+        return None
+    return m.group().strip(), m.start(), m.end()
+
+
+# --- dates -----------------------------------------------------------------------------------------
+
+MONTHS = {m: i + 1 for i, m in enumerate(
+    ["january", "february", "march", "april", "may", "june", "july", "august", "september",
+     "october", "november", "december"])}
+MONTHS.update({k[:3]: v for k, v in list(MONTHS.items())})
+MONTHS["sept"] = 9
+DATE_RE = re.compile(
+    r"\b(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4}|\d{2})\b"
+    r"|\b(?P<y2>\d{4})-(?P<m2>\d{2})-(?P<d2>\d{2})\b"
+    r"|\b(?P<mn>Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?\s+(?P<d3>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<y3>\d{4})\b",
+    re.IGNORECASE,
+)
+
+
+def parse_date(m: re.Match) -> str | None:
+    """ISO date from a ``DATE_RE`` match; None when impossible (e.g. 13/45/2014)."""
+    g = m.groupdict()
+    try:
+        if g["m"]:
+            y = int(g["y"])
+            y = y + (2000 if y < 50 else 1900) if y < 100 else y
+            return date(y, int(g["m"]), int(g["d"])).isoformat()
+        if g["y2"]:
+            return date(int(g["y2"]), int(g["m2"]), int(g["d2"])).isoformat()
+        return date(int(g["y3"]), MONTHS[g["mn"].lower().rstrip(".")], int(g["d3"])).isoformat()
+    except (ValueError, KeyError):
+        return None
+
+
+def dates_in(text: str) -> list[tuple[str, int, int]]:
+    out = []
+    for m in DATE_RE.finditer(text):
+        iso = parse_date(m)
+        if iso:
+            out.append((iso, m.start(), m.end()))
+    return out
+
+
+# --- guideline sources ----------------------------------------------------------------------------
+
+GUIDELINES = [
+    ("MTUS Post-Surgical", r"post-?\s?surgical\s+(?:treatment\s+)?guidelines?|postsurgical\s+treatment"),
+    ("MTUS Chronic Pain", r"chronic\s+pain(?:\s+medical)?(?:\s+treatment)?\s+guidelines?|chronic\s+pain\s+medical\s+treatment"),
+    ("MTUS Acupuncture", r"acupuncture\s+(?:medical\s+)?treatment\s+guidelines?|MTUS,?\s+acupuncture"),
+    ("MTUS ACOEM", r"(?:MTUS|CA\s+MTUS|California\s+MTUS)\s+(?:\(?ACOEM\)?|American\s+College)"),
+    ("ACOEM", r"\bACOEM\b"),
+    ("ODG", r"\bODG\b|Official\s+Disability\s+Guidelines?"),
+    ("MTUS", r"\bMTUS\b|Medical\s+Treatment\s+Utilization\s+Schedule"),
+    ("Medical literature", r"peer[- ]reviewed|medical\s+literature|journal|\bFDA\b|national\s+guideline"),
+]
+_GUIDE_RES = [(g, re.compile(p, re.IGNORECASE)) for g, p in GUIDELINES]
+GUIDELINE_NAMES = [g for g, _ in GUIDELINES] + ["Other"]
+_PAGES = re.compile(r"\bpages?\s*(?:\(s\))?:?\s*(\d+(?:\s*[-–]\s*\d+)?(?:\s*(?:,|and)\s*\d+(?:\s*[-–]\s*\d+)?)*)", re.IGNORECASE)
+_CHAPTER = re.compile(r"\bChapter\s+(\d+)(?:\s+([A-Z][\w/ ]+?(?:Complaints|Disorders|Injuries|Conditions)))?", re.IGNORECASE)
+_NO_GUIDE = re.compile(r"did\s+not\s+cite|no\s+(?:medical\s+)?evidence|not\s+cited", re.IGNORECASE)
+
+
+def guideline_sources(text: str) -> list[dict]:
+    """Normalised sources named in a guideline line: name, chapter/topic detail, pages, span."""
+    if _NO_GUIDE.search(text) and not re.search(r"\bMTUS\b|\bODG\b|ACOEM", text):
+        return []
+    found: list[dict] = []
+    # split at " and " / ";" between distinct guideline citations
+    for part_m in re.finditer(r"[^;]+", text):
+        part = part_m.group()
+        taken: list[tuple[int, int]] = []
+        for name, rx in _GUIDE_RES:
+            m = rx.search(part)
+            if not m:
+                continue
+            if any(s <= m.start() < e for s, e in taken):
+                continue
+            if name in ("ACOEM", "MTUS") and any(f["name"].startswith("MTUS") or f["name"] == "ACOEM" for f in found if f["_part"] == part_m.start()):
+                continue
+            taken.append((m.start(), m.end()))
+            pages = _PAGES.search(part, m.end())
+            chap = _CHAPTER.search(part)
+            detail = None
+            if chap:
+                detail = f"Chapter {chap.group(1)}" + (f" {chap.group(2).strip()}" if chap.group(2) else "")
+            end = max(m.end(), pages.end() if pages else 0, chap.end() if chap else 0)
+            found.append({
+                "name": name, "detail": detail,
+                "pages": re.sub(r"\s+", "", pages.group(1)) if pages else None,
+                "start": part_m.start() + m.start(), "end": part_m.start() + end, "_part": part_m.start(),
+            })
+    for f in found:
+        f.pop("_part")
+    return found
+
+
+# --- denial / approval reasons ----------------------------------------------------------------------
+
+REASONS = [
+    ("no_functional_improvement", r"(?:no|without|absence\s+of|lack\s+of|not\s+(?:\w+\s+){0,3}(?:demonstrated|documented|shown))\s+(?:\w+\s+){0,5}?functional\s+(?:improvement|benefit|gains?)"
+                                  r"|functional\s+(?:improvement|benefit|gains?)\s+(?:\w+\s+){0,4}?(?:not|was\s+not|were\s+not|has\s+not)\s+(?:\w+\s+){0,2}?(?:demonstrated|documented|established|shown|outlined)"
+                                  r"|no\s+(?:\w+\s+){0,3}evidence\s+of\s+(?:\w+\s+){0,3}(?:progress|(?:pain\s+)?improvement|functional)"
+                                  r"|(?:response|benefit)s?\s+to\s+(?:prior\s+)?treatment\s+(?:was|were)\s+not\s+(?:discussed|documented)"),
+    ("exceeds_guideline_visits", r"exceed\w*\s+(?:\w+\s+){0,6}?(?:guideline|recommend|MTUS|visits?|sessions?)|in\s+excess\s+of|beyond\s+(?:the\s+)?guideline"
+                                 r"|(?:already|has)\s+(?:\w+\s+){0,3}(?:received|completed|had)\s+(?:\w+\s+){0,3}?(?:significant|\d+|numerous|extensive)\s+(?:\w+\s+){0,2}?(?:sessions|visits|therapy)"),
+    ("transition_to_home_program", r"home\s+exercise\s+program|self-?\s?directed\s+home|independent\s+(?:home\s+)?exercise|transition\w*\s+(?:\w+\s+){0,3}home|home\s+program"),
+    ("insufficient_documentation", r"(?:not|no|without)\s+(?:\w+\s+){0,3}(?:documented|documentation|outlined|discussed|submitted|clearly\s+(?:stated|described|outlined))"
+                                   r"|unclear|not\s+clear|no\s+clinical\s+progress\s+notes?|fail\w*\s+to\s+(?:support|substantiate|document)|has\s+not\s+been\s+established|have\s+not\s+(?:adequately\s+)?demonstrated"),
+    ("no_acute_flare", r"no\s+(?:\w+\s+){0,4}(?:acute\s+(?:flare|exacerbation)|flare-?\s?up|new\s+injur)|no\s+recent\s+reports?\s+of\s+acute"),
+    ("not_recommended_by_guideline", r"not\s+recommended|guidelines?\s+(?:do|does)\s+not\s+(?:support|recommend)|not\s+supported\s+by\s+(?:the\s+)?(?:MTUS|guideline|ODG)"),
+    ("no_objective_findings", r"no\s+(?:\w+\s+){0,3}(?:objective|specific\s+physical|neurologic\w*)\s+(?:\w+\s+){0,2}(?:findings|deficits|impairments)|no\s+(?:clear\s+)?(?:dermatomal|radicular)"),
+    ("contraindicated", r"contraindicat\w*"),
+    ("no_trial_of_conservative_care", r"(?:failure|failed)\s+of\s+conservative|conservative\s+(?:care|treatment)\s+(?:has\s+)?not\s+(?:been\s+)?(?:tried|exhausted)|no\s+(?:\w+\s+){0,2}trial\s+of"),
+    ("long_term_use_not_supported", r"long-?\s?term\s+(?:use|opioid)|chronic\s+use|(?:no|without)\s+(?:\w+\s+){0,3}(?:urine\s+drug|pain\s+contract|opioid\s+agreement)"),
+]
+REASON_NAMES = [r for r, _ in REASONS] + ["other"]
+_REASON_RES = [(r, re.compile(p, re.IGNORECASE)) for r, p in REASONS]
+
+APPROVAL = re.compile(r"\bis\s+medically\s+necessary\b|\bwas/is\s+medically\s+necessary|\bmedically\s+necessary\s+and\s+appropriate\b(?<!not medically necessary and appropriate)", re.IGNORECASE)
+
+
+def reasons(rationale: str, decision: str | None) -> list[tuple[str, int, int]]:
+    """Normalised denial reasons named in a rationale (first evidence each). Empty for approvals."""
+    if decision and decision.lower().startswith("overturn"):
+        return []
+    out = []
+    for code, rx in _REASON_RES:
+        m = rx.search(rationale)
+        if m:
+            out.append((code, m.start(), m.end()))
+    return sorted(out, key=lambda h: h[1])
+
+
+# --- claimant facts ---------------------------------------------------------------------------------
+
+AGE_SEX = re.compile(
+    r"\b(?P<age>\d{1,3})[- ](?:year|yr)s?[- ]old\s+(?:(?:right|left)[- ]hand(?:ed)?\s+|(?:married|single|divorced|widowed)\s+)?"
+    r"(?P<sex>male|female|man|woman|gentleman|lady|boy|girl)?",
+    re.IGNORECASE,
+)
+SEX_ALONE = re.compile(r"\b(?:is|was)\s+an?\s+(?P<sex>male|female|man|woman|gentleman|lady)\b", re.IGNORECASE)
+SEX_WORDS = {"male": "male", "man": "male", "gentleman": "male", "boy": "male",
+             "female": "female", "woman": "female", "lady": "female", "girl": "female"}
+INJURY_DATE = re.compile(
+    r"(?:industrial\s+injury|date\s+of\s+injury|injur(?:y|ed))\s+(?:date\s+)?(?:of|on|dated)?\s*:?\s*(?=\S)",
+    re.IGNORECASE,
+)

@@ -1,0 +1,136 @@
+"""One provider layer: OpenAI, any OpenAI-compatible server, or an in-process llama.cpp model.
+
+All three go through instructor with ``Mode.TOOLS`` by default (llama-cpp-python ignores
+``json_schema`` response formats in-process and its server rejects them; a forced tool call makes
+it build a JSON grammar from the schema). Token usage of every attempt, including instructor's
+validation retries, is counted per letter through a context variable.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+
+# USD per 1M tokens (input, output). Local providers cost nothing; unknown models print "n/a".
+PRICES = {
+    "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40), "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00), "gpt-5-nano": (0.05, 0.40), "o4-mini": (1.10, 4.40),
+}
+
+
+def price(s: Settings) -> tuple[float, float] | None:
+    if s.price_in is not None and s.price_out is not None:
+        return s.price_in, s.price_out
+    if s.provider == "llama-cpp":
+        return 0.0, 0.0
+    if s.provider == "openai":
+        name = s.model or ""
+        for key in sorted(PRICES, key=len, reverse=True):
+            if name == key or name.startswith(key + "-"):
+                return PRICES[key]
+    return None
+
+
+def cost(s: Settings, tin: int, tout: int) -> float | None:
+    p = price(s)
+    return None if p is None else round(tin * p[0] / 1e6 + tout * p[1] / 1e6, 6)
+
+
+@dataclass
+class Tally:
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    retry_tokens: int = 0  # tokens of attempts whose output failed validation
+
+
+CURRENT: contextvars.ContextVar[Tally | None] = contextvars.ContextVar("imr_tally", default=None)
+
+
+def _count(usage: Any) -> None:
+    t = CURRENT.get()
+    if t is None or usage is None:
+        return
+    pin = getattr(usage, "prompt_tokens", None) or (usage.get("prompt_tokens") if isinstance(usage, dict) else 0) or 0
+    pout = getattr(usage, "completion_tokens", None) or (usage.get("completion_tokens") if isinstance(usage, dict) else 0) or 0
+    t.calls += 1
+    if t.calls > 1:
+        t.retry_tokens += pin + pout
+    t.input_tokens += pin
+    t.output_tokens += pout
+
+
+class LLMError(Exception):
+    """The model could not produce a valid answer after all retries (one-line reason)."""
+
+
+class Provider:
+    """``await Provider(settings).extract(messages, Model)`` -> validated instance."""
+
+    def __init__(self, s: Settings, validation_retries: int | None = None):
+        s.check_local_only()
+        self.s = s
+        self.validation_retries = validation_retries if validation_retries is not None else int(os.environ.get("IMR_VALIDATION_RETRIES", 1))
+        self._lock = threading.Lock()
+        import instructor
+
+        mode = {"tools": instructor.Mode.TOOLS, "json": instructor.Mode.JSON, "md_json": instructor.Mode.MD_JSON,
+                "json_schema": instructor.Mode.JSON_SCHEMA}[s.mode]
+        if s.provider == "llama-cpp":
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise LLMError("provider llama-cpp needs llama-cpp-python: pip install -e '.[local]'") from None
+            self._llama = Llama(model_path=s.model, n_ctx=s.n_ctx, n_threads=os.cpu_count() or 2,
+                                verbose=False, seed=0)
+            self._create = instructor.patch(create=self._llama.create_chat_completion_openai_v1, mode=mode)
+            self._client = None
+        else:
+            from openai import AsyncOpenAI
+
+            # The SDK retries 408/409/429/5xx and connection errors with exponential backoff and
+            # jitter, honouring Retry-After; max_retries bounds it.
+            raw = AsyncOpenAI(api_key=s.api_key, base_url=s.base_url, max_retries=s.max_retries, timeout=s.timeout)
+            self._client = instructor.from_openai(raw, mode=mode)
+            self._client.on("completion:response", lambda resp: _count(getattr(resp, "usage", None)))
+
+    async def extract(self, messages: list[dict], model: type, max_tokens: int | None = None) -> Any:
+        max_tokens = max_tokens or self.s.max_output_tokens
+        try:
+            if self._client is not None:
+                return await self._client.chat.completions.create(
+                    model=self.s.model, response_model=model, messages=messages,
+                    max_retries=self.validation_retries + 1, max_tokens=max_tokens, temperature=0)
+            ctx = contextvars.copy_context()
+            return await asyncio.to_thread(ctx.run, self._local, messages, model, max_tokens)
+        except LLMError:
+            raise
+        except Exception as e:  # instructor/openai raise many types; the batch needs one line
+            raise LLMError(_one_line(e)) from e
+
+    def _local(self, messages: list[dict], model: type, max_tokens: int) -> Any:
+        with self._lock:  # one in-process model, one generation at a time
+            obj = self._create(response_model=model, messages=messages, max_retries=self.validation_retries + 1,
+                               max_tokens=max_tokens, temperature=0)
+        raw = getattr(obj, "_raw_response", None)
+        _count(getattr(raw, "usage", None))
+        return obj
+
+
+def _one_line(e: BaseException) -> str:
+    name = type(e).__name__
+    msg = str(e).strip().splitlines()
+    text = msg[0] if msg else ""
+    # instructor wraps the last error; surface its cause
+    for attr in ("last_completion", "__cause__"):
+        inner = getattr(e, attr, None)
+        if isinstance(inner, BaseException) and str(inner).strip():
+            text = f"{text} ({type(inner).__name__}: {str(inner).strip().splitlines()[0]})"
+            break
+    return f"{name}: {text}"[:300]

@@ -1,0 +1,260 @@
+"""Letters in: files, folders and globs to text, plus a normalised view with a map back.
+
+Offsets everywhere in imr-llm refer to ``Letter.text``: the decoded file for ``.txt`` and the
+PDF text layer (pages joined by a blank line) for ``.pdf``. ``imr text FILE`` prints exactly that
+string, so anyone can check an evidence span by slicing it.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUFFIXES = (".txt", ".pdf")
+MAX_BYTES = int(os.environ.get("IMR_MAX_BYTES", 16 * 1024 * 1024))
+PAGE_JOIN = "\n\n"
+
+
+class LetterError(Exception):
+    """A letter that cannot be read; ``str()`` is one line naming the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class Normalized:
+    """Text with PDF artefacts removed; ``to_orig`` maps any offset back to the original."""
+
+    text: str
+    _norm_starts: list[int]
+    _orig_starts: list[int]
+    _lengths: list[int]
+
+    def to_orig(self, pos: int) -> int:
+        """Original offset of normalised character ``pos`` (separators map to the gap before)."""
+        i = bisect_right(self._norm_starts, pos) - 1
+        if i < 0:
+            return self._orig_starts[0] if self._orig_starts else 0
+        delta = pos - self._norm_starts[i]
+        if delta < self._lengths[i]:
+            return self._orig_starts[i] + delta
+        return self._orig_starts[i] + self._lengths[i]
+
+    def span_to_orig(self, start: int, end: int) -> tuple[int, int]:
+        if end <= start:
+            o = self.to_orig(start)
+            return o, o
+        return self.to_orig(start), self.to_orig(end - 1) + 1
+
+
+@dataclass
+class Letter:
+    path: str
+    text: str
+    sha256: str  # of the file's bytes
+    norm: Normalized = field(repr=False)
+    kind: str = "txt"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def text_sha256(self) -> str:
+        return hashlib.sha256(self.norm.text.encode()).hexdigest()
+
+
+# --- page furniture and hyphenation -------------------------------------------------------------
+
+_PAGE_LINE = re.compile(
+    r"^\s*(?:(?:page\s+\d+(?:\s+of\s+\d+)?)|(?:-\s*\d+\s*-)|(?:\d+\s*/\s*\d+)"
+    r"|(?:[A-Z]{2}\d{2}-\d{6,8}\s*(?:[|,\-–]\s*)?page\s+\d+(?:\s+of\s+\d+)?)"
+    r"|(?:page\s+\d+(?:\s+of\s+\d+)?\s*(?:[|,\-–]\s*)?[A-Z]{2}\d{2}-\d{6,8}))\s*$",
+    re.IGNORECASE,
+)
+_KEEP_HYPHEN_PREFIXES = {
+    "post", "pre", "non", "self", "well", "re", "anti", "co", "multi", "semi", "sub", "inter",
+    "intra", "extra", "over", "under", "long", "short", "follow", "high", "low", "full", "part",
+    "half", "left", "right", "bi", "tri", "x", "s", "de", "mid", "cross", "first", "second",
+    "third", "one", "two", "three", "four", "six", "year", "day", "week", "month", "time",
+}
+_WORD = re.compile(r"\S+")
+
+
+def normalize(text: str) -> Normalized:
+    """Join PDF line breaks, drop page numbers/headers, fix hyphenation, fold whitespace.
+
+    A line holding only spaces (the PDF exporters' paragraph gap) becomes "\\n"; every other line
+    break becomes one space, so a page break inside a sentence leaves no trace.
+    """
+    words: list[tuple[int, str]] = []  # (orig_start, word)
+    seps: list[str] = []  # separator placed *before* words[i]
+    pending = ""
+    lines = text.splitlines(keepends=True)
+    lowered_text = None
+    pos = 0
+    for line in lines:
+        start = pos
+        pos += len(line)
+        content = line.rstrip("\r\n")
+        if not content.strip():
+            if content and words:  # whitespace-only line with spaces: paragraph gap
+                pending = "\n"
+            continue
+        if _PAGE_LINE.match(content):
+            continue
+        first = True
+        for m in _WORD.finditer(content):
+            w = m.group()
+            if not words:
+                sep = ""
+            elif first:
+                sep = pending or " "
+                prev = words[-1][1]
+                if sep == " " and prev.endswith("-") and len(prev) > 1 and prev[-2].isalpha() and w[0].islower():
+                    if lowered_text is None:
+                        lowered_text = text.lower()
+                    sep = _hyphen_join(prev, w, lowered_text)
+            else:
+                sep = " "
+            seps.append(sep)
+            words.append((start + m.start(), w))
+            first = False
+        pending = ""
+    out: list[str] = []
+    norm_starts: list[int] = []
+    orig_starts: list[int] = []
+    lengths: list[int] = []
+    n = 0
+    for (ostart, w), sep in zip(words, seps):
+        if sep == "DROP-HYPHEN":
+            # remove the trailing "-" of the previous word
+            out[-1] = out[-1][:-1]
+            lengths[-1] -= 1
+            n -= 1
+            sep = ""
+        out.append(sep)
+        n += len(sep)
+        out.append(w)
+        norm_starts.append(n)
+        orig_starts.append(ostart)
+        lengths.append(len(w))
+        n += len(w)
+    joined = "".join(out)
+    return Normalized(joined, norm_starts, orig_starts, lengths)
+
+
+def _hyphen_join(prev: str, nxt: str, lowered: str) -> str:
+    """Decide how a word broken at a line end rejoins: keep the hyphen ("") or drop it."""
+    left = re.sub(r"^\W+", "", prev[:-1]).lower()
+    right = re.sub(r"\W+$", "", nxt).lower()
+    tail = left.rsplit("-", 1)[-1]
+    if tail in _KEEP_HYPHEN_PREFIXES or f"{left}-{right}" in lowered.replace("-\n", "-"):
+        return ""
+    if (left + right) in lowered:
+        return "DROP-HYPHEN"
+    return ""
+
+
+# --- reading files --------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (recursive) and globs to a sorted, de-duplicated list of letter paths."""
+    found: dict[str, Path] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for sub in sorted(p.rglob("*")):
+                if sub.is_file() and sub.suffix.lower() in SUFFIXES:
+                    found.setdefault(str(sub.resolve()), sub)
+        elif p.exists():
+            found.setdefault(str(p.resolve()), p)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise LetterError(item, "no such file, folder or matching glob")
+            for m in matches:
+                mp = Path(m)
+                if mp.is_file() and mp.suffix.lower() in SUFFIXES:
+                    found.setdefault(str(mp.resolve()), mp)
+    return list(found.values())
+
+
+def read_letter(path: str | Path) -> Letter:
+    """Read one ``.txt`` or ``.pdf`` letter; raise ``LetterError`` with a one-line reason."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise LetterError(path, f"cannot read file ({e.strerror or e})") from None
+    if size == 0:
+        raise LetterError(path, "empty file")
+    if size > MAX_BYTES:
+        raise LetterError(path, f"file too large ({size / 1e6:.1f} MB > {MAX_BYTES / 1e6:.0f} MB limit; set IMR_MAX_BYTES)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise LetterError(path, f"cannot read file ({e.strerror or e})") from None
+    sha = hashlib.sha256(data).hexdigest()
+    notes: list[str] = []
+    if data[:5] == b"%PDF-" or path.suffix.lower() == ".pdf":
+        text = _pdf_text(path, data)
+        kind = "pdf"
+    else:
+        text = _decode(path, data, notes)
+        kind = "txt"
+    if not text.strip():
+        raise LetterError(path, "no text (file holds only whitespace)")
+    return Letter(str(path), text, sha, normalize(text), kind, notes)
+
+
+def _decode(path: Path, data: bytes, notes: list[str]) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise LetterError(path, "invalid UTF-16 text") from None
+    if b"\x00" in data[:8192]:
+        raise LetterError(path, "binary file, not text (NUL bytes); expected a .txt or .pdf letter")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise LetterError(path, "not valid UTF-8 or Windows-1252 text (wrong encoding or binary)") from None
+    notes.append("decoded as Windows-1252 (not UTF-8)")
+    return text
+
+
+def _pdf_text(path: Path, data: bytes) -> str:
+    import io
+    import logging
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            try:
+                ok = reader.decrypt("")
+            except Exception:  # pypdf raises several types for unsupported crypto
+                ok = 0
+            if not ok:
+                raise LetterError(path, "password-protected PDF; remove the password first")
+        pages = [(p.extract_text() or "") for p in reader.pages]
+    except LetterError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
+        raise LetterError(path, f"unreadable PDF ({type(e).__name__}: {str(e)[:80]})") from None
+    text = PAGE_JOIN.join(pages)
+    if not text.strip():
+        raise LetterError(path, f"PDF has no text layer ({len(pages)} page(s), scanned image?); run OCR first")
+    return text

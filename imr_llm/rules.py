@@ -1,0 +1,212 @@
+"""Facts the template states plainly, read deterministically from the parsed layout.
+
+Each ``Fact`` carries its span in the normalised text; ``ground.build_record`` turns facts into the
+record plus evidence. The LLM layer proposes more facts of the same shape (without spans).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from . import lexicon as lx
+from .segment import Layout, Span
+
+
+@dataclass
+class Fact:
+    field: str  # "claimant.age", "items[0].quantity"; list fields end with "[]" (append)
+    value: Any
+    start: int | None = None  # normalised offsets; None = to be located (LLM facts)
+    end: int | None = None
+    origin: str = "rules"
+    quote: str | None = None  # LLM's supporting quote
+    within: tuple[int, int] | None = None  # where an LLM quote must be found
+
+
+def layout_facts(lay: Layout) -> list[Fact]:
+    f: list[Fact] = []
+    for name, sp in lay.header.items():
+        f.append(Fact(name, lay.header_values[name], sp.start, sp.end, "layout"))
+    for sp in lay.specialties:
+        f.append(Fact("reviewer.specialties[]", sp.text, sp.start, sp.end, "layout"))
+    for sp in lay.license_states:
+        f.append(Fact("reviewer.license_states[]", sp.text.title(), sp.start, sp.end, "layout"))
+    if lay.summary:
+        f.append(Fact("clinical_summary", lay.summary.text, lay.summary.start, lay.summary.end, "layout"))
+    for it in lay.items:
+        p = f"items[{it.index}]"
+        f.append(Fact(f"{p}.request", it.request.text, it.request.start, it.request.end, "layout"))
+        f.append(Fact(f"{p}.decision", _outcome(it.decision.text), it.decision.start, it.decision.end, "layout"))
+        for name, sp in (("claims_administrator_guideline", it.ca_guideline), ("maximus_guideline", it.mx_guideline), ("rationale", it.rationale)):
+            if sp:
+                f.append(Fact(f"{p}.{name}", sp.text, sp.start, sp.end, "layout"))
+    return f
+
+
+def _outcome(word: str) -> str:
+    return " ".join(w.capitalize() if i == 0 else w.lower() for i, w in enumerate(word.split()))
+
+
+def _sub(sp: Span, hit: tuple[Any, int, int] | None) -> tuple[Any, int, int] | None:
+    """Shift a (value, start, end) found inside ``sp.text`` to absolute offsets."""
+    return None if hit is None else (hit[0], sp.start + hit[1], sp.start + hit[2])
+
+
+def rule_facts(lay: Layout, text: str) -> list[Fact]:
+    f: list[Fact] = []
+    for it in lay.items:
+        p = f"items[{it.index}]"
+        req = it.request
+        for name, hit in (("category", lx.categorize(req.text)), ("quantity", lx.quantity(req.text)), ("frequency", lx.frequency(req.text))):
+            h = _sub(req, hit)
+            if h:
+                f.append(Fact(f"{p}.{name}", h[0], h[1], h[2]))
+        if not lx.categorize(req.text):
+            f.append(Fact(f"{p}.category", "other", req.start, req.end))
+        for reg, s, e in lx.body_regions(req.text):
+            f.append(Fact(f"{p}.body_regions[]", reg, req.start + s, req.start + e))
+        for who, sp in (("claims_administrator", it.ca_guideline), ("maximus", it.mx_guideline)):
+            if not sp:
+                continue
+            for g in lx.guideline_sources(sp.text):
+                val = {"name": g["name"], "detail": g["detail"], "pages": g["pages"], "cited_by": who}
+                f.append(Fact(f"{p}.guideline_sources[]", val, sp.start + g["start"], sp.start + g["end"]))
+        if it.rationale:
+            for code, s, e in lx.reasons(it.rationale.text, it.decision.text):
+                f.append(Fact(f"{p}.denial_reasons[]", code, it.rationale.start + s, it.rationale.start + e))
+    if lay.summary:
+        f.extend(_summary_facts(lay.summary, "date_of_injury" not in lay.header))
+    return f
+
+
+# --- clinical case summary -------------------------------------------------------------------------
+
+_DIAG_LIST = re.compile(
+    r"(?:current\s+|working\s+|final\s+|the\s+)?diagnos[ie]s\s+(?:include[sd]?|are|were|consist\s+of|listed\s+as)\s*:?\s*(?P<v>[^.]+?)\.(?=\s|$)"
+    r"|diagnosed\s+with\s+(?P<v2>[^.]+?)\.(?=\s|$)", re.IGNORECASE)
+_CLAIM_FOR = re.compile(r"(?:filed|submitted)\s+a\s+claim\s+for\s+(?P<v>.+?)(?=\s*(?:,\s*)?(?:\s+status\s+post|\s+s/p|\s+reportedly|\s+associated|\s+attributed|\.))", re.IGNORECASE)
+_TREAT_LIST = re.compile(
+    r"(?:(?:previous|prior|past)\s+treatments?|treatments?\s+to\s+date|treatment\s+history)\s+(?:has\s+|have\s+|had\s+)?(?:include[sd]?|consisted\s+of|to\s+date\s+(?:has\s+)?include[sd]?)\s*:?\s*(?P<v>.+?)\.(?=\s+[A-Z]|[A-Z][a-z]|\s*$|\s*\n)",
+    re.IGNORECASE)
+_LIST_SPLIT = re.compile(r",(?!\s*\d{4}\b)\s*(?:and\s+|or\s+)?|;\s*(?:and\s+)?")
+_PROC = re.compile(
+    r"(?P<proc>(?:(?:anterior|posterior|lateral|interbody|single|one|two|three|multi|\w+-level|level|spinal|lumbar|cervical|thoracic|"
+    r"right|left|bilateral|total|partial|knee|hip|shoulder|decompression|and|[CLT]\d{1,2}-[CLTS]?\d{1,2}|arthroscopic|open|carpal|tunnel|"
+    r"rotator|cuff|meniscal|anterior\s+cruciate|lumbosacral)[\s-]+){0,6}"
+    r"(?:fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|"
+    r"release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement)(?:\s+surgery)?)", re.IGNORECASE)
+_PAST = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|\bhad\b|history\s+of|performed|following|prior|previous|earlier|included", re.IGNORECASE)
+_LEVEL = re.compile(r"\b(?P<a>[CLT]\d{1,2})\s*(?:-|to|through)\s*(?P<b>[CLTS]?\d{1,2})\b")
+# a period ends a sentence before a space, the end, or a glued capitalised word ("2009.Medical")
+_SENT = re.compile(r"(?:[^.]|\.(?!\s|$|[A-Z][a-z]))+(?:\.|$)")
+
+
+def _summary_facts(sp: Span, want_doi: bool) -> list[Fact]:
+    f: list[Fact] = []
+    t, base = sp.text, sp.start
+    m = lx.AGE_SEX.search(t)
+    if m:
+        f.append(Fact("claimant.age", int(m.group("age")), base + m.start("age"), base + m.end()))
+        if m.group("sex"):
+            f.append(Fact("claimant.sex", lx.SEX_WORDS[m.group("sex").lower()], base + m.start(), base + m.end("sex")))
+    if not (m and m.group("sex")):
+        s = lx.SEX_ALONE.search(t)
+        if s:
+            f.append(Fact("claimant.sex", lx.SEX_WORDS[s.group("sex").lower()], base + s.start(), base + s.end()))
+    if want_doi:
+        for inj in lx.INJURY_DATE.finditer(t):
+            d = lx.DATE_RE.match(t, inj.end())
+            if d and lx.parse_date(d):
+                f.append(Fact("date_of_injury", lx.parse_date(d), base + inj.start(), base + d.end()))
+                break
+    seen: set[str] = set()
+    for rx, key in ((_DIAG_LIST, "diagnoses[]"), (_CLAIM_FOR, "diagnoses[]"), (_TREAT_LIST, "prior_treatments[]")):
+        for m in rx.finditer(t):
+            g = "v" if m.group("v") else "v2"
+            for part in _list_parts(m.group(g), m.start(g)):
+                txt, s, e = part
+                if txt.lower() in seen:
+                    continue
+                seen.add(txt.lower())
+                f.append(Fact(key, txt, base + s, base + e))
+    f.extend(_surgeries(t, base))
+    return f
+
+
+def _list_parts(v: str, off: int) -> list[tuple[str, int, int]]:
+    parts = []
+    pos = 0
+    pieces = list(_LIST_SPLIT.finditer(v))
+    bounds = [(pos, pieces[0].start())] if pieces else []
+    for a, b in zip(pieces, pieces[1:]):
+        bounds.append((a.end(), b.start()))
+    if pieces:
+        bounds.append((pieces[-1].end(), len(v)))
+    else:
+        # "A and B" with no commas
+        mid = re.search(r"\s+and\s+", v)
+        bounds = [(0, mid.start()), (mid.end(), len(v))] if mid and len(v) < 120 else [(0, len(v))]
+    for s, e in bounds:
+        seg = v[s:e]
+        seg2 = seg.strip().rstrip(",;")
+        seg2 = re.sub(r"^(?:and|or)\s+", "", seg2)
+        if 2 < len(seg2) < 160:
+            st = off + v.index(seg2, s)
+            parts.append((seg2, st, st + len(seg2)))
+    return parts
+
+
+def _surgeries(t: str, base: int) -> list[Fact]:
+    found: list[dict] = []
+    for sm in _SENT.finditer(t):
+        sent = sm.group()
+        if not _PAST.search(sent) and "surgery on" not in sent.lower():
+            continue
+        for pm in _PROC.finditer(sent):
+            proc = pm.group("proc").strip()
+            proc = re.sub(r"^(?:and|level)\s+", "", proc, flags=re.IGNORECASE)
+            if proc.lower() in ("decompression", "release", "repair", "replacement") and not re.search(r"surgery|status post|underw", sent, re.I):
+                continue
+            ps = sm.start() + sent.index(proc, pm.start("proc"))
+            key = re.findall(r"fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement", proc, re.I)[-1].lower()
+            after = sent[pm.end():]
+            d = None
+            dm = re.match(r"\s*(?:surgery\s+)?(?:at\s+[^,.]{1,30}?\s+)?(?:on|dated|in)\s+", after)
+            if dm:
+                d2 = lx.DATE_RE.match(after, dm.end())
+                if d2 and lx.parse_date(d2):
+                    d = (lx.parse_date(d2), sm.start() + pm.end() + d2.start(), sm.start() + pm.end() + d2.end())
+            lv = _LEVEL.search(sent)
+            level = None
+            if lv:
+                b = lv.group("b")
+                b = b if b[0].isalpha() else lv.group("a")[0] + b
+                level = (f"{lv.group('a')}-{b}".upper(), sm.start() + lv.start(), sm.start() + lv.end())
+            regs = lx.body_regions(proc) or lx.body_regions(sent)
+            reg = (regs[0][0], sm.start() + (sent.index(proc, pm.start("proc")) if lx.body_regions(proc) else 0) + regs[0][1],
+                   sm.start() + (sent.index(proc, pm.start("proc")) if lx.body_regions(proc) else 0) + regs[0][2]) if regs else None
+            entry = {"key": key, "proc": (proc, ps, ps + len(proc)), "date": d, "level": level, "region": reg}
+            merged = False
+            for prev in found:
+                if prev["key"] != key or (prev["region"] and reg and prev["region"][0] != reg[0]):
+                    continue
+                if prev["date"] and d and prev["date"][0] != d[0]:
+                    continue
+                for k in ("date", "level", "region"):
+                    if prev[k] is None and entry[k] is not None:
+                        prev[k] = entry[k]
+                if len(proc) > len(prev["proc"][0]):
+                    prev["proc"] = entry["proc"]
+                merged = True
+                break
+            if not merged:
+                found.append(entry)
+    out: list[Fact] = []
+    for i, s in enumerate(found):
+        val = {"procedure": s["proc"][0], "body_region": s["region"][0] if s["region"] else None,
+               "level": s["level"][0] if s["level"] else None, "date": s["date"][0] if s["date"] else None}
+        spans = {"procedure": s["proc"][1:], "body_region": s["region"][1:] if s["region"] else None,
+                 "level": s["level"][1:] if s["level"] else None, "date": s["date"][1:] if s["date"] else None}
+        out.append(Fact("surgeries[]", {"value": val, "spans": {k: (base + v[0], base + v[1]) if v else None for k, v in spans.items()}}))
+    return out
