@@ -152,7 +152,7 @@ def _hyphen_join(prev: str, nxt: str, lowered: str) -> str:
     left = re.sub(r"^\W+", "", prev[:-1]).lower()
     right = re.sub(r"\W+$", "", nxt).lower()
     tail = left.rsplit("-", 1)[-1]
-    if tail in _KEEP_HYPHEN_PREFIXES or f"{left}-{right}" in lowered.replace("-\n", "-"):
+    if tail in _KEEP_HYPHEN_PREFIXES:
         return ""
     if (left + right) in lowered:
         return "DROP-HYPHEN"
