@@ -105,9 +105,9 @@ class Extractor:
             usage.prompt_version = PROMPT_VERSION
             lkey = key("llm", letter.text_sha256, self.s.label, PROMPT_VERSION, SCHEMA_VERSION)
             got = self.cache.get(lkey) if self.cache else None
-            if got:
+            if got:  # answered before (e.g. a run killed before its record was cached)
                 llm_out = LLMExtraction.model_validate(got["output"])
-                usage.cached = True
+                usage = Usage.model_validate(got["usage"])
             else:
                 msgs, truncated = build_messages(lay, self.s.model)
                 if truncated:
@@ -136,6 +136,9 @@ class AtomicWriter:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
+            if not _alive(stale.name.rsplit("-", 1)[-1]):
+                stale.unlink(missing_ok=True)
         self.f = open(self.tmp, "w", encoding="utf-8", newline="")
 
     def commit(self) -> None:
@@ -148,6 +151,16 @@ class AtomicWriter:
         if not self.f.closed:
             self.f.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path | None, concurrency: int,

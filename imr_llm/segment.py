@@ -226,9 +226,24 @@ def _parse_items(text: str, start: int, lay: Layout) -> None:
         pending = item
     if pending is not None:
         _close(text, pending, len(text), lay)
+        _check_ending(pending, lay)
     for it in lay.items:
         if it.decision.text.lower() not in KNOWN_OUTCOMES:
             lay.features.append(f"unusual_outcome:{it.decision.text}")
+
+
+_DANGLING = re.compile(r"(?:^|\n)[^\n]{5,300}:\s*(?:Upheld|Overturned)\b[^\n]{0,40}$", I)
+
+
+def _check_ending(last: ParsedItem, lay: Layout) -> None:
+    """A letter cut short leaves a half item or a rationale stopping mid-sentence."""
+    r = last.rationale
+    if r is None:
+        return
+    if _DANGLING.search(r.text) or re.search(r"(?:Claims\s+Administrator|MAXIMUS)\s+[Gg]uid?e?l?i?n?e?s?\W*$|Claims\s+Adm\w*$", r.text):
+        lay.problems.append(f"truncated letter: text ends inside item {last.index + 2}, after its request line")
+    elif not re.search(r"[.!?)\]\"']\s*$", r.text):
+        lay.problems.append(f"truncated letter: the rationale of item {last.index + 1} stops mid-sentence")
 
 
 def _close(text: str, item: ParsedItem, end: int, lay: Layout) -> None:
