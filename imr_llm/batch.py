@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from . import __version__
 from .cache import Cache, key
 from .config import Settings, redact
-from .extract import PROMPT_VERSION, LLMExtraction, analyse, assemble, build_messages
+from .extract import PROMPT_VERSION, LLMExtraction, analyse, assemble, build_messages, response_model
 from .llm import CURRENT, LLMError, Provider, Tally, cost
 from .load import LetterError, read_letter
 from .models import CSV_COLUMNS, SCHEMA_VERSION, DecisionRecord, Usage, csv_rows
@@ -115,7 +115,7 @@ class Extractor:
                 tally = Tally()
                 tok = CURRENT.set(tally)
                 try:
-                    llm_out = await self.provider.extract(msgs, LLMExtraction)
+                    llm_out = await self.provider.extract(msgs, response_model(len(lay.items)))
                 finally:
                     CURRENT.reset(tok)
                 usage.calls, usage.input_tokens, usage.output_tokens = tally.calls, tally.input_tokens, tally.output_tokens

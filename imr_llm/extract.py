@@ -6,10 +6,11 @@ and asked only for what the parser cannot read. Its answer is typed by ``LLMExtr
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from . import lexicon as lx
 from . import tokens
@@ -20,7 +21,7 @@ from .rules import Fact, layout_facts, rule_facts
 from .segment import Layout, parse
 
 PROMPT_FILE = "extract_v1.md"
-PROMPT_VERSION = "extract-v1"
+PROMPT_VERSION = "extract-v1"  # bump with the prompt file or the answer types
 MAX_INPUT_TOKENS = 6000
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
@@ -33,32 +34,41 @@ class LLMReason(BaseModel):
     quote: str = Field(description="verbatim fragment of this item's rationale stating the reason", max_length=400)
 
 
+# Every key is required (null/[] allowed): grammar-constrained local models then consider each
+# field instead of skipping to the end, and remote models cannot silently omit one.
 class LLMItem(BaseModel):
     index: int
     decision: str = Field(description="outcome word printed after the request line")
-    category: Optional[Category] = None
-    quantity: Optional[int] = Field(None, description="sessions/visits/units in the request line, if stated")
-    frequency: Optional[str] = Field(None, description="verbatim frequency phrase from the request line")
-    body_regions: list[Region] = Field(default_factory=list, max_length=6)
-    denial_reasons: list[LLMReason] = Field(default_factory=list, max_length=6)
+    category: Optional[Category]
+    quantity: Optional[int] = Field(description="sessions/visits/units in the request line, if stated")
+    frequency: Optional[str] = Field(description="verbatim frequency phrase from the request line, if stated")
+    body_regions: list[Region] = Field(max_length=6)
+    denial_reasons: list[LLMReason] = Field(max_length=6)
 
 
 class LLMSurgery(BaseModel):
     procedure: str = Field(description="verbatim procedure name")
-    body_region: Optional[Region] = None
-    level: Optional[str] = Field(None, description="spinal level as written, e.g. L3-L4")
-    date: Optional[str] = Field(None, description="date as written in the letter")
+    body_region: Optional[Region]
+    level: Optional[str] = Field(description="spinal level as written, e.g. L3-L4")
+    date: Optional[str] = Field(description="date as written in the letter")
     quote: str = Field(description="verbatim sentence fragment mentioning the surgery", max_length=400)
 
 
 class LLMExtraction(BaseModel):
-    age: Optional[int] = Field(None, description="claimant age, only if the letter states it")
-    sex: Optional[Sex] = Field(None, description="claimant sex, only if the letter states it")
-    claimant_quote: Optional[str] = Field(None, description="verbatim fragment stating age and/or sex", max_length=300)
-    diagnoses: list[str] = Field(default_factory=list, max_length=12)
-    prior_treatments: list[str] = Field(default_factory=list, max_length=12)
-    surgeries: list[LLMSurgery] = Field(default_factory=list, max_length=6)
-    items: list[LLMItem] = Field(default_factory=list, max_length=40)
+    age: Optional[int] = Field(description="claimant age, only if the letter states it")
+    sex: Optional[Sex] = Field(description="claimant sex, only if the letter states it")
+    claimant_quote: Optional[str] = Field(description="verbatim fragment stating age and/or sex", max_length=300)
+    diagnoses: list[str] = Field(max_length=12)
+    prior_treatments: list[str] = Field(max_length=12)
+    surgeries: list[LLMSurgery] = Field(max_length=6)
+    items: list[LLMItem] = Field(max_length=40)
+
+
+@lru_cache(maxsize=64)
+def response_model(n_items: int) -> type[LLMExtraction]:
+    """The answer type for a letter with ``n_items`` disputed items (exactly that many)."""
+    return create_model("LLMExtraction", __base__=LLMExtraction,
+                        items=(list[LLMItem], Field(min_length=n_items, max_length=n_items)))
 
 
 def system_prompt() -> str:

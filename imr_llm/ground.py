@@ -184,3 +184,41 @@ def check_evidence(rec: DecisionRecord, text: str) -> list[str]:
         if ev.status != "not_found" and text[ev.start:ev.end] != ev.quote:
             bad.append(ev.field)
     return bad
+
+
+_META = {"schema_version", "letter_id", "source_path", "sha256", "text_sha256", "layout", "flags", "usage", "evidence"}
+
+
+def leaf_values(rec: DecisionRecord) -> list[tuple[str, Any]]:
+    """(path, value) of every non-empty extracted value, e.g. ("items[0].body_regions[1]", "lumbar")."""
+    out: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, v: Any) -> None:
+        if v is None or v == [] or v == {}:
+            return
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if k == "index" and prefix.startswith("items["):
+                    continue
+                walk(f"{prefix}.{k}" if prefix else k, x)
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                walk(f"{prefix}[{i}]", x)
+        else:
+            out.append((prefix, v))
+
+    walk("", rec.model_dump(mode="json", exclude=_META))
+    return out
+
+
+def ungrounded_values(rec: DecisionRecord) -> list[str]:
+    """Paths of values without found evidence (on themselves or a parent): must be empty."""
+    found = {e.field for e in rec.evidence if e.status != "not_found"}
+    bad = []
+    for path, _ in leaf_values(rec):
+        p = path
+        while p and p not in found:
+            p = p.rsplit(".", 1)[0] if "." in p else ""
+        if not p:
+            bad.append(path)
+    return bad

@@ -125,7 +125,11 @@ class FakeOpenAI:
         if self._loop and self._server:
             async def shut() -> None:
                 self._server.close()
-                await self._server.wait_closed()
+                me = asyncio.current_task()
+                tasks = [t for t in asyncio.all_tasks() if t is not me]
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)

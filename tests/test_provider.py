@@ -1,0 +1,93 @@
+"""Provider plumbing over real HTTP on 127.0.0.1: recorded real answers, faults, retries, local-only."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imr_llm.cli import app
+from imr_llm.config import ConfigError, settings
+from imr_llm.ground import check_evidence, ungrounded_values
+from imr_llm.load import read_letter
+from imr_llm.models import DecisionRecord
+
+from .conftest import LETTERS, RECORDED
+
+runner = CliRunner()
+
+
+def _records(p="r.jsonl"):
+    return [DecisionRecord.model_validate_json(x) for x in Path(p).read_text().splitlines()]
+
+
+def test_recorded_real_model_answers_replayed_over_http(fake_server, monkeypatch):
+    """Real answers of the 0.5B model, through openai + instructor + HTTP, then grounded."""
+    srv = fake_server(mode="recorded")
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    recorded = sorted(RECORDED.glob("*.json"))
+    assert recorded, "no recorded answers"
+    letters = [str(LETTERS / (f.stem + ".txt")) for f in recorded]
+    res = runner.invoke(app, ["extract", *letters, "--model", "compatible:qwen2.5-coder-0.5b", "--out", "r.jsonl"])
+    assert res.exit_code == 0, res.output
+    recs = _records()
+    assert len(recs) == len(letters) and srv.stats.requests == len(letters)
+    proposed = 0
+    for rec in recs:
+        text = read_letter(rec.source_path).text
+        assert rec.usage.calls == 1 and rec.usage.input_tokens > 0
+        assert check_evidence(rec, text) == []
+        assert ungrounded_values(rec) == []
+        assert not any(f.startswith("decision_mismatch") for f in rec.flags)
+        proposed += sum(1 for e in rec.evidence if e.origin == "llm")
+    assert proposed > 0  # the model's answers were used (kept or, if ungrounded, dropped)
+
+
+def test_transient_http_faults_are_retried(fake_server, monkeypatch):
+    srv = fake_server(mode="synthetic", fault_script=["429", "500", "reset", "429-noheader", "503", "502"])
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    monkeypatch.setenv("IMR_MAX_RETRIES", "8")
+    res = runner.invoke(app, ["extract", str(LETTERS / "001_21c8226c7447611c.txt"), "--model", "compatible:fake",
+                              "--concurrency", "1", "--out", "r.jsonl"])
+    assert res.exit_code == 0, res.output
+    assert srv.stats.faults == {"429": 1, "500": 1, "reset": 1, "429-noheader": 1, "503": 1, "502": 1}
+    assert len(_records()) == 1
+
+
+def test_invalid_json_is_revalidated_and_retry_tokens_reported(fake_server, monkeypatch):
+    srv = fake_server(mode="synthetic", fault_script=["truncated"])
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    res = runner.invoke(app, ["extract", str(LETTERS / "004_9cf12295204d3b85.txt"), "--model", "compatible:fake", "--out", "r.jsonl"])
+    assert res.exit_code == 0, res.output
+    rec = _records()[0]
+    assert rec.usage.calls == 2 and rec.usage.retry_tokens > 0
+    assert "retries:" in res.output
+
+
+def test_letter_fails_cleanly_when_model_never_validates(fake_server, monkeypatch):
+    srv = fake_server(mode="synthetic", fault_script=["invalid", "length", "ok", "ok"])
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    letters = [str(LETTERS / "000_2fb87f21f9d4b91f.txt"), str(LETTERS / "001_21c8226c7447611c.txt"), str(LETTERS / "004_9cf12295204d3b85.txt")]
+    res = runner.invoke(app, ["extract", *letters, "--model", "compatible:fake", "--concurrency", "1", "--out", "r.jsonl"])
+    assert res.exit_code == 1
+    errs = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert len(errs) == 1 and "000_2fb87f21f9d4b91f.txt" in errs[0] and "model failed after retries" in errs[0]
+    assert [r.letter_id for r in _records()] == ["001_21c8226c7447611c", "004_9cf12295204d3b85"]
+
+
+def test_local_only_refuses_remote_before_sending(monkeypatch):
+    monkeypatch.setenv("IMR_LOCAL_ONLY", "1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefabcdef")
+    with pytest.raises(ConfigError, match="refusing provider 'openai'"):
+        settings("openai:gpt-4o-mini")
+    monkeypatch.setenv("IMR_BASE_URL", "http://8.8.8.8:8000/v1")
+    with pytest.raises(ConfigError, match="not a loopback or private"):
+        settings("compatible:x")
+    monkeypatch.setenv("IMR_BASE_URL", "http://127.0.0.1:8000/v1")
+    assert settings("compatible:x").base_url.startswith("http://127.0.0.1")
+    monkeypatch.setenv("IMR_BASE_URL", "http://llm.lan.example:8000/v1")
+    monkeypatch.setenv("IMR_PRIVATE_HOSTS", "llm.lan.example")
+    assert settings("compatible:x").provider == "compatible"
+    res = runner.invoke(app, ["extract", str(LETTERS), "--model", "openai:gpt-4o-mini"])
+    assert res.exit_code == 2 and "IMR_LOCAL_ONLY" in res.output and "sk-test" not in res.output
