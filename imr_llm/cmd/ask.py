@@ -1,3 +1,73 @@
+"""`imr ask "question"` (interactive when no question is given)."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
 import typer
-app = typer.Typer()
-def ask(): "Not yet."
+
+from .common import die, get_settings
+
+
+def ask(
+    question: Optional[str] = typer.Argument(None, help="the question; omit for an interactive session"),
+    k: int = typer.Option(6, "--k", help="passages to retrieve (one per letter)"),
+    decision: Optional[str] = typer.Option(None, "--decision", help="Upheld, Overturned, ..."),
+    category: Optional[str] = typer.Option(None, "--category", help="physical_therapy, acupuncture, injection, ..."),
+    region: Optional[str] = typer.Option(None, "--region", help="cervical, lumbar, knee, ..."),
+    after_surgery: bool = typer.Option(False, "--after-surgery", help="only letters whose claimant had surgery"),
+    fusion: bool = typer.Option(False, "--fusion", help="only letters whose claimant had a fusion"),
+    outside_ca: bool = typer.Option(False, "--licensed-outside-ca", help="only reviewers licensed outside California"),
+    filter_: Optional[str] = typer.Option(None, "--filter", help="extra filters as key=value,... (same keys as above)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL for a written answer; default IMR_MODEL or none (extractive)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    local_only: bool = typer.Option(False, "--local-only"),
+) -> None:
+    """Answer a precedent question with citations to letters, items and passages."""
+    from ..answer import ask as run_ask
+    from ..index import Filters, Index, IndexError_
+    from .render import render
+
+    s = get_settings(model, local_only)
+    f = Filters(decision=decision, category=category, region=region, after_surgery=after_surgery or fusion,
+                fusion=fusion, licensed_outside_ca=True if outside_ca else None)
+    if filter_:
+        for part in filter_.split(","):
+            if "=" not in part:
+                die(f"--filter {part!r}: use key=value")
+            key, val = (x.strip() for x in part.split("=", 1))
+            if key not in f.__dict__:
+                die(f"--filter: unknown key {key!r} (use {', '.join(f.__dict__)})")
+            setattr(f, key, val.lower() in ("1", "true", "yes") if key in ("after_surgery", "fusion", "licensed_outside_ca") else val)
+    try:
+        idx = Index(s.data_dir, embedder=None, local_only=s.local_only)
+    except IndexError_ as e:
+        die(str(e))
+    provider = None
+    if s.provider != "none":
+        from ..llm import Provider
+
+        provider = Provider(s)
+
+    def one(q: str) -> None:
+        try:
+            res = run_ask(idx, q, k=k, filters=f, provider=provider, model_label=s.label)
+        except IndexError_ as e:
+            die(str(e))
+        if as_json:
+            print(json.dumps(res.to_dict(), indent=2))
+        else:
+            render(res)
+
+    if question:
+        one(question)
+        return
+    while True:
+        try:
+            q = input("ask> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if q in ("", "exit", "quit"):
+            return
+        one(q)

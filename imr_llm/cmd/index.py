@@ -1,4 +1,63 @@
+"""`imr index RECORDS.jsonl` and `imr ingest LETTERS...`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
 import typer
-app = typer.Typer()
-def index(): "Not yet."
-def ingest(): "Not yet."
+
+from ..config import ConfigError
+from ..index import Index, IndexError_, open_for_rebuild, read_records
+from .common import die, get_settings, notice
+
+
+def _index(records: Path, rebuild: bool, local_only: bool) -> None:
+    s = get_settings(None, local_only)
+    spec = os.environ.get("IMR_EMBEDDER")
+    try:
+        idx = open_for_rebuild(s.data_dir, spec) if rebuild else Index(s.data_dir, embedder=spec, create=True, local_only=s.local_only)
+        stats = idx.add(read_records(records))
+    except (IndexError_, ConfigError) as e:
+        die(str(e))
+    except FileNotFoundError as e:
+        die(f"{e.filename}: no such file")
+    print(f"indexed {stats['letters']} letters: {stats['chunks']} chunks ({stats['embedded']} embedded, "
+          f"{stats['chunks'] - stats['embedded']} unchanged, {stats['deleted']} removed) into {idx.dir} "
+          f"[embedder {idx.identity}; {idx.store.count()} chunks in total]")
+
+
+def index(
+    records: Path = typer.Argument(..., help="records.jsonl written by `imr extract`"),
+    rebuild: bool = typer.Option(False, "--rebuild", help="drop the index (any embedder/schema) and build it anew"),
+    local_only: bool = typer.Option(False, "--local-only"),
+) -> None:
+    """Chunk, embed and index extracted records (re-indexing upserts; nothing is duplicated)."""
+    _index(records, rebuild, local_only)
+
+
+def ingest(
+    paths: List[str] = typer.Argument(..., help="letters: files, folders, globs"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="records file (default DATA_DIR/records.jsonl)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    concurrency: int = typer.Option(8, "--concurrency", "-c"),
+    rebuild: bool = typer.Option(False, "--rebuild"),
+    local_only: bool = typer.Option(False, "--local-only"),
+) -> None:
+    """Extract and index in one go."""
+    from .extract import extract
+
+    s = get_settings(model, local_only)
+    out = out or (s.data_dir / "records.jsonl")
+    code = 0
+    try:
+        extract(paths, out=out, csv=None, model=model, concurrency=concurrency, dry_run=False, no_cache=False,
+                local_only=local_only, debug=False)
+    except typer.Exit as e:
+        code = e.exit_code
+        if code not in (0, 1) or not out.exists():
+            raise
+        notice("some letters failed (listed above); indexing the ones that succeeded")
+    _index(out, rebuild, local_only)
+    if code:
+        raise typer.Exit(code)

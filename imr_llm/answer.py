@@ -1,0 +1,249 @@
+"""Answers with verified citations.
+
+* Counting and listing questions ("how many...", "which letters...") are answered exactly from the
+  extracted records, not from similarity search.
+* Other questions: hybrid retrieval, then either an LLM answer whose every citation is checked
+  (the quote must be in the cited passage, the passage must have been retrieved) or, with no model,
+  an extractive answer: the best sentences of each retrieved passage, grouped by letter.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+from . import lexicon as lx
+from .chunk import sentences
+from .ground import locate
+from .index import Filters, Index
+from .retrieve import Hit, Retriever
+
+PROMPT_FILE = "answer_v1.md"
+
+
+# --- understanding the question ------------------------------------------------------------------
+
+_SURGERY_CTX = re.compile(r"\b(?:after|following|post[- ]?|status\s+post|s/p|with\s+(?:a\s+)?(?:prior|previous)|who\s+had)\s*(?:\w+[\s-]+){0,3}?"
+                          r"(?P<what>fusion|surgery|surgeries|surgical|operation|operative|op)\b", re.IGNORECASE)
+_FUSION = re.compile(r"\bfusions?\b", re.IGNORECASE)
+_UPHELD = re.compile(r"\b(?:upheld|uphold|denied|denials?|not\s+medically\s+necessary|rejected)\b", re.IGNORECASE)
+_OVERTURNED = re.compile(r"\b(?:overturned|overturn|approved|granted|reversed)\b", re.IGNORECASE)
+_OUTSIDE_CA = re.compile(r"licensed\s+(?:outside(?:\s+of)?|out\s+of|not\s+in|beyond)\s+California|out[- ]of[- ]state|non-California", re.IGNORECASE)
+_LICENSED_IN = re.compile(r"licensed\s+(?:only\s+)?in\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")
+_COUNT = re.compile(r"^\s*(?:how\s+many|how\s+often|number\s+of|count\b|what\s+(?:share|fraction|percentage|proportion))", re.IGNORECASE)
+_LIST = re.compile(r"^\s*(?:which|list|show\s+(?:me\s+)?(?:all|the))\b(?!.*\bwhy\b)", re.IGNORECASE)
+_SPECIALTY = re.compile(r"reviewers?\s+(?:who\s+(?:are|were)\s+|board[- ]certified\s+in\s+|specializing\s+in\s+|in\s+)([A-Z][\w&]+(?:\s+[A-Z][\w&]+)*)")
+
+
+def understand(question: str) -> tuple[Filters, str]:
+    """Filters and mode ("count", "list", "why") recognised in a question."""
+    f = Filters()
+    q = question
+    m = _SURGERY_CTX.search(q)
+    if m:
+        f.after_surgery = True
+        f.fusion = bool(_FUSION.search(m.group()))
+        q = q[:m.start()] + q[m.end():]
+    elif _FUSION.search(q) and re.search(r"\b(?:had|underwent|history)\b", q, re.IGNORECASE):
+        f.after_surgery = f.fusion = True
+    if _OVERTURNED.search(q):
+        f.decision = "Overturned"
+    elif _UPHELD.search(q):
+        f.decision = "Upheld"
+    if _OUTSIDE_CA.search(q):
+        f.licensed_outside_ca = True
+    else:
+        li = _LICENSED_IN.search(question)
+        if li:
+            f.license_state = li.group(1)
+    cat = lx.categorize(re.sub(r"\b(?:decisions?|reviewers?|letters?|requests?|cases?|items?|services?)\b", "", q, flags=re.IGNORECASE))
+    if cat and cat[0] not in ("consultation", "dme", "program") or (cat and re.search(r"\b(?:TENS|DME|brace|consult\w*|program)\b", q, re.IGNORECASE)):
+        f.category = cat[0]
+    regs = [r for r, _, _ in lx.body_regions(q) if r != "spine"]
+    if regs:
+        f.region = regs[0]
+    mode = "count" if _COUNT.search(question) else "list" if _LIST.search(question) else "why"
+    return f, mode
+
+
+# --- results -------------------------------------------------------------------------------------
+
+@dataclass
+class Citation:
+    marker: str  # "[CM14-0095145 #1]"
+    letter_id: str
+    cite_id: str
+    item: int  # 1-based item number, 0 = clinical summary
+    source_path: str
+    start: int
+    end: int
+    quote: str
+    status: str = "verified"
+
+
+@dataclass
+class AnswerResult:
+    question: str
+    mode: str
+    filters: str
+    answer: str
+    citations: list[Citation] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    count: Optional[int] = None
+    letters: list[dict] = field(default_factory=list)
+    model: str = "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def marker(row: dict) -> str:
+    return f"[{row['cite_id']} #{row['item'] + 1}]" if row["item"] >= 0 else f"[{row['cite_id']} summary]"
+
+
+# --- counting and listing --------------------------------------------------------------------------
+
+def count_or_list(index: Index, question: str, f: Filters, mode: str) -> AnswerResult:
+    f.kind = None
+    where, args = f.sql()
+    db = index.store.db
+    rows = db.execute(f"SELECT letter_id, item, cite_id, request, decision, category FROM items WHERE {where} ORDER BY letter_id, item", args).fetchall()
+    paths = dict(db.execute("SELECT letter_id, source_path FROM records").fetchall())
+    letters: dict[str, dict] = {}
+    for lid, item, cite, req, dec, cat in rows:
+        e = letters.setdefault(lid, {"letter_id": lid, "cite_id": cite, "source_path": paths.get(lid, ""), "items": []})
+        e["items"].append({"item": item + 1, "request": req, "decision": dec, "category": cat})
+    n_items, n_letters = len(rows), len(letters)
+    total = db.execute("SELECT count(*) FROM items").fetchone()[0]
+    what = f"{n_items} disputed item{'s' if n_items != 1 else ''} in {n_letters} letter{'s' if n_letters != 1 else ''}"
+    text = (f"{what} match (filters: {f.describe()}; counted exactly from the {total} extracted items in the index)."
+            if mode == "count" else f"{what} match (filters: {f.describe()}):")
+    return AnswerResult(question, mode, f.describe(), text, count=n_items, letters=list(letters.values()))
+
+
+# --- extractive and LLM answers -------------------------------------------------------------------
+
+_WORD = re.compile(r"[a-z]{3,}")
+_STOP = {"why", "were", "was", "the", "and", "for", "what", "which", "how", "after", "with", "that", "this",
+         "are", "requests", "request", "did", "does", "grounds", "reasons", "reason", "upheld", "denied"}
+
+
+def _terms(text: str) -> set[str]:
+    return {w[:6] for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def _original(index: Index, row: dict) -> tuple[str, int] | None:
+    """The original letter text of a chunk (from the stored record's evidence) and its offset."""
+    import json
+
+    got = index.store.db.execute("SELECT json FROM records WHERE letter_id=?", (row["letter_id"],)).fetchone()
+    if not got:
+        return None
+    rec = json.loads(got[0])
+    field_name = "clinical_summary" if row["item"] < 0 else f"items[{row['item']}].rationale"
+    ev = next((e for e in rec["evidence"] if e["field"] == field_name and e["status"] != "not_found"), None)
+    if not ev:
+        return None
+    s = row["start"] - ev["start"]
+    return ev["quote"][s:s + (row["end"] - row["start"])], row["start"]
+
+
+def best_sentences(index: Index, question: str, row: dict, n: int = 2) -> list[tuple[int, int, str]]:
+    """(start, end, quote) in letter offsets of the sentences of a chunk that best match the question."""
+    orig = _original(index, row)
+    if orig is None:
+        return []
+    text, base = orig
+    q = _terms(question)
+    scored = []
+    for i, (s, e) in enumerate(sentences(text)):
+        sent = text[s:e]
+        overlap = len(q & _terms(sent))
+        reason_bonus = 0.5 if re.search(r"\bno\b|\bnot\b|without|unclear|however", sent, re.IGNORECASE) else 0
+        scored.append((overlap + reason_bonus, -i, s, e, sent))
+    scored.sort(reverse=True)
+    picked = sorted(scored[:n], key=lambda x: x[2])
+    return [(base + s, base + e, sent) for _, _, s, e, sent in picked]
+
+
+def extractive(index: Index, question: str, hits: list[Hit], f: Filters) -> AnswerResult:
+    lines, cites = [], []
+    for h in hits:
+        row = h.row
+        mk = marker(row)
+        head = f"{mk} {row['request'] or 'Clinical case summary'}" + (f" — {row['decision']}" if row["decision"] else "")
+        lines.append(head)
+        for s, e, q in best_sentences(index, question, row):
+            lines.append(f"    “{' '.join(q.split())}”")
+            cites.append(Citation(mk, row["letter_id"], row["cite_id"], row["item"] + 1, row["source_path"], s, e, q))
+    if not hits:
+        text = f"No passages matched (filters: {f.describe()})."
+    else:
+        text = (f"No model configured: the {len(hits)} most relevant passages (filters: {f.describe()}), "
+                f"one letter each, with the sentences that best match the question:\n" + "\n".join(lines))
+    return AnswerResult(question, "why", f.describe(), text, cites)
+
+
+class CitedQuote(BaseModel):
+    source: int = Field(description="number of the passage, as in [n]")
+    quote: str = Field(description="verbatim sentence copied from that passage", max_length=500)
+
+
+class LLMAnswer(BaseModel):
+    answer: str = Field(description="the answer; cite passages inline as [n]", max_length=4000)
+    citations: list[CitedQuote] = Field(max_length=16)
+
+
+def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filters, model_label: str) -> AnswerResult:
+    from .extract import PROMPTS_DIR
+
+    system = re.sub(r"<!--.*?-->\s*", "", (PROMPTS_DIR / PROMPT_FILE).read_text(), flags=re.DOTALL).strip()
+    passages = []
+    for n, h in enumerate(hits, 1):
+        r = h.row
+        passages.append(f"[{n}] {marker(r)} request: {r['request'] or 'clinical case summary'}; decision: {r['decision'] or '-'}\n{r['text']}")
+    user = f"QUESTION: {question}\n\nPASSAGES:\n" + "\n\n".join(passages)
+    ans: LLMAnswer = asyncio.run(provider.extract([{"role": "system", "content": system}, {"role": "user", "content": user}], LLMAnswer, max_tokens=900))
+    cites, removed, ok_sources = [], [], set()
+    for c in ans.citations:
+        if not 1 <= c.source <= len(hits):
+            removed.append(f"[{c.source}] cites a passage that was not retrieved")
+            continue
+        row = hits[c.source - 1].row
+        orig = _original(index, row)
+        hit = locate(c.quote, orig[0]) if orig else None
+        if hit is None:
+            removed.append(f"[{c.source}] quote not found in {marker(row)}: {c.quote[:80]!r}")
+            continue
+        s, e, status, _ = hit
+        ok_sources.add(c.source)
+        cites.append(Citation(marker(row), row["letter_id"], row["cite_id"], row["item"] + 1, row["source_path"],
+                              orig[1] + s, orig[1] + e, orig[0][s:e], "verified" if status == "exact" else "verified_fuzzy"))
+
+    def sub(m: re.Match) -> str:
+        n = int(m.group(1))
+        if n in ok_sources:
+            return marker(hits[n - 1].row)
+        return ""
+
+    text = re.sub(r"\[(\d+)\]", sub, ans.answer)
+    for n in sorted({int(x) for x in re.findall(r"\[(\d+)\]", ans.answer)} - ok_sources):
+        if not any(r.startswith(f"[{n}]") for r in removed):
+            removed.append(f"[{n}] cited without a verifiable quote")
+    return AnswerResult(question, "why", f.describe(), re.sub(r"[ \t]+", " ", text).strip(), cites, removed, model=model_label)
+
+
+def ask(index: Index, question: str, k: int = 6, filters: Filters | None = None, provider=None,
+        model_label: str = "none") -> AnswerResult:
+    recognised, mode = understand(question)
+    f = filters if filters is not None and filters.active() else recognised
+    if mode in ("count", "list"):
+        return count_or_list(index, question, f, mode)
+    f.kind = None
+    hits = Retriever(index).search(question, k=k, filters=f)
+    if provider is None or not hits:
+        return extractive(index, question, hits, f)
+    return llm_answer(index, provider, question, hits, f, model_label)

@@ -1,0 +1,117 @@
+"""Hybrid retrieval: Chroma dense + BM25, reciprocal rank fusion, filters, one-letter diversity.
+
+Filters are applied to over-fetched, unfiltered candidates using the SQLite store (Chroma's own
+``where`` is slow on broad filters at scale). When a filter is so selective that the candidates
+run dry, the allowed chunks are scored directly: their vectors fetched by id, BM25 with a mask.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .index import Filters, Index
+
+RRF_K = 60
+SMALL_SET = 4000
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    row: dict
+    ranks: dict = field(default_factory=dict)
+
+
+class Retriever:
+    def __init__(self, index: Index):
+        self.index = index
+        self._bm = None
+        self._ids: list[str] = []
+        self._pos: dict[str, int] = {}
+        self._stemmer = None
+
+    def _lexical(self):
+        if self._bm is None:
+            import bm25s
+            import Stemmer
+
+            d = self.index.dir / "bm25"
+            self._ids = json.loads((d / "ids.json").read_text()) if (d / "ids.json").exists() else []
+            self._pos = {cid: i for i, cid in enumerate(self._ids)}
+            self._stemmer = Stemmer.Stemmer("english")
+            self._bm = bm25s.BM25.load(str(d), mmap=True, show_progress=False) if self._ids else False
+        return self._bm
+
+    def lexical(self, query: str, n: int, mask: np.ndarray | None = None) -> list[str]:
+        bm = self._lexical()
+        if not bm:
+            return []
+        import bm25s
+
+        toks = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, show_progress=False)
+        if not toks.vocab or all(len(x) == 0 for x in toks.ids):
+            return []
+        n = min(n, len(self._ids))
+        docs, scores = bm.retrieve(toks, k=n, show_progress=False, weight_mask=mask, n_threads=1)
+        return [self._ids[int(d)] for d, s in zip(docs[0], scores[0]) if s > 0]
+
+    def dense(self, qv: np.ndarray, n: int) -> list[str]:
+        col = self.index.collection
+        total = col.count()
+        if not total:
+            return []
+        res = col.query(query_embeddings=qv.tolist(), n_results=min(n, total), include=[])
+        return res["ids"][0]
+
+    def dense_among(self, qv: np.ndarray, ids: list[str], n: int) -> list[str]:
+        got = self.index.collection.get(ids=ids, include=["embeddings"])
+        if not got["ids"]:
+            return []
+        m = np.asarray(got["embeddings"], dtype=np.float32)
+        order = np.argsort(-(m @ qv[0]))[:n]
+        return [got["ids"][i] for i in order]
+
+    def search(self, query: str, k: int = 8, filters: Filters | None = None, per_letter: int = 1,
+               overfetch: int = 10) -> list[Hit]:
+        filters = filters or Filters()
+        qv = self.index.embedder([query])
+        n = max(50, k * overfetch)
+        dense, lex = self.dense(qv, n), self.lexical(query, n)
+        rows = self.index.store.rows(set(dense) | set(lex))
+        if filters.active():
+            keep = {cid for cid, r in rows.items() if filters.match(r)}
+            if len({rows[c]["letter_id"] for c in keep}) < k:
+                where, args = filters.sql()
+                allowed = [r[0] for r in self.index.store.db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
+                if len(allowed) <= SMALL_SET:
+                    dense = self.dense_among(qv, allowed, n) if allowed else []
+                    self._lexical()
+                    mask = np.zeros(len(self._ids), dtype=np.float32)
+                    for cid in allowed:
+                        if cid in self._pos:
+                            mask[self._pos[cid]] = 1
+                    lex = self.lexical(query, n, mask) if allowed else []
+                    rows = self.index.store.rows(set(dense) | set(lex))
+                    keep = set(rows)
+            dense = [c for c in dense if c in keep]
+            lex = [c for c in lex if c in keep]
+        fused: dict[str, Hit] = {}
+        for name, ranked in (("dense", dense), ("lexical", lex)):
+            for r, cid in enumerate(ranked):
+                h = fused.setdefault(cid, Hit(cid, 0.0, rows[cid]))
+                h.score += 1.0 / (RRF_K + r + 1)
+                h.ranks[name] = r + 1
+        ordered = sorted(fused.values(), key=lambda h: (-h.score, h.id))
+        out, per = [], {}
+        for h in ordered:  # diversity: at most `per_letter` chunks of one letter
+            lid = h.row["letter_id"]
+            if per.get(lid, 0) >= per_letter:
+                continue
+            per[lid] = per.get(lid, 0) + 1
+            out.append(h)
+            if len(out) >= k:
+                break
+        return out
