@@ -20,6 +20,8 @@ from . import embed as emb
 from .chunk import Chunk, chunks_for, letter_meta
 from .models import SCHEMA_VERSION, DecisionRecord
 
+import numpy as np
+
 COLLECTION = "imr_chunks"
 INDEX_FORMAT = "1"
 
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS items (letter_id TEXT, item INTEGER, cite_id TEXT, re
 CREATE TABLE IF NOT EXISTS chunks (rowid INTEGER PRIMARY KEY, id TEXT UNIQUE, letter_id TEXT, item INTEGER, n INTEGER,
   kind TEXT, text TEXT, context TEXT, start INTEGER, "end" INTEGER, digest TEXT, decision TEXT, category TEXT,
   regions TEXT, had_surgery INTEGER, had_fusion INTEGER, license_states TEXT, licensed_outside_ca INTEGER,
-  specialties TEXT, guidelines TEXT, denial_reasons TEXT, decision_date TEXT, cite_id TEXT, source_path TEXT, request TEXT);
+  specialties TEXT, guidelines TEXT, denial_reasons TEXT, decision_date TEXT, cite_id TEXT, source_path TEXT, request TEXT,
+  vec BLOB);
 CREATE INDEX IF NOT EXISTS chunks_letter ON chunks(letter_id);
 CREATE INDEX IF NOT EXISTS items_decision ON items(decision, category);
 """
@@ -174,6 +177,9 @@ class Store:
                  m["decision_date"], m["cite_id"], m["source_path"], m["request"]))
         return gone
 
+    def set_vectors(self, ids: list[str], vecs) -> None:
+        self.db.executemany("UPDATE chunks SET vec=? WHERE id=?", [(v.astype("float32").tobytes(), i) for i, v in zip(ids, vecs)])
+
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
@@ -275,6 +281,7 @@ class Index:
             if not pending:
                 return
             vecs = self.embedder([c.embed_text for c in pending])
+            self.store.set_vectors([c.id for c in pending], vecs)
             self.collection.upsert(ids=[c.id for c in pending], embeddings=vecs,
                                    metadatas=[{k: v for k, v in c.meta.items() if k != "request"} for c in pending],
                                    documents=[c.text for c in pending])
@@ -302,7 +309,12 @@ class Index:
         return stats
 
     def build_lexical(self) -> None:
-        """Rebuild the BM25 index from the store; written to a new folder, then swapped in."""
+        """Rebuild BM25 and the dense mirror from the store; written to a new folder, then swapped in.
+
+        The mirror (``dense.npy``, same row order as BM25) holds the very vectors upserted into
+        Chroma. Local queries use it for exact search: importing chromadb alone costs 0.8-1.4 s per
+        cold start here, and masks make filters free. Set IMR_DENSE=chroma to query Chroma's HNSW.
+        """
         import logging
 
         import bm25s
@@ -315,6 +327,9 @@ class Index:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         ids = [r[1] for r in rows]
+        vecs = [np.frombuffer(v, dtype=np.float32) if v else None for (v,) in self.store.db.execute("SELECT vec FROM chunks ORDER BY rowid")]
+        if rows and all(v is not None for v in vecs):
+            np.save(tmp / "dense.npy", np.vstack(vecs))
         if rows:
             stemmer = Stemmer.Stemmer("english")
             toks = bm25s.tokenize([r[2] for r in rows], stopwords="en", stemmer=stemmer, show_progress=False)
@@ -335,11 +350,22 @@ class Index:
             client.delete_collection(COLLECTION)
         except Exception:
             if not os.environ.get("IMR_CHROMA_URL"):
+                _forget_chroma()
                 shutil.rmtree(self.dir / "chroma", ignore_errors=True)
         self.store.db.close()
         for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
             (self.dir / name).unlink(missing_ok=True)
         shutil.rmtree(self.dir / "bm25", ignore_errors=True)
+
+
+def _forget_chroma() -> None:
+    """Drop chromadb's per-process client cache before its folder is deleted under it."""
+    try:
+        from chromadb.api.client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()
+    except Exception:
+        pass
 
 
 def open_for_rebuild(data_dir: Path, embedder: str | None) -> Index:
@@ -353,6 +379,7 @@ def open_for_rebuild(data_dir: Path, embedder: str | None) -> Index:
                 (d / name).unlink(missing_ok=True)
             shutil.rmtree(d / "bm25", ignore_errors=True)
             if not os.environ.get("IMR_CHROMA_URL"):
+                _forget_chroma()
                 shutil.rmtree(d / "chroma", ignore_errors=True)
             else:
                 import chromadb  # noqa: F401

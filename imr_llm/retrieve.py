@@ -32,9 +32,11 @@ class Retriever:
         self._ids: list[str] = []
         self._pos: dict[str, int] = {}
         self._stemmer = None
+        self._dense = None
 
     def _lexical(self):
         if self._bm is None:
+            import os
             import bm25s
             import Stemmer
 
@@ -43,6 +45,9 @@ class Retriever:
             self._pos = {cid: i for i, cid in enumerate(self._ids)}
             self._stemmer = Stemmer.Stemmer("english")
             self._bm = bm25s.BM25.load(str(d), mmap=True, show_progress=False) if self._ids else False
+            use_mirror = (os.environ.get("IMR_DENSE", "mirror") != "chroma" and not os.environ.get("IMR_CHROMA_URL")
+                          and (d / "dense.npy").exists())
+            self._dense = np.load(d / "dense.npy", mmap_mode="r") if use_mirror else None
         return self._bm
 
     def lexical(self, query: str, n: int, mask: np.ndarray | None = None) -> list[str]:
@@ -58,7 +63,16 @@ class Retriever:
         docs, scores = bm.retrieve(toks, k=n, show_progress=False, weight_mask=mask, n_threads=1)
         return [self._ids[int(d)] for d, s in zip(docs[0], scores[0]) if s > 0]
 
-    def dense(self, qv: np.ndarray, n: int) -> list[str]:
+    def dense(self, qv: np.ndarray, n: int, mask: np.ndarray | None = None) -> list[str]:
+        self._lexical()
+        if self._dense is not None:
+            scores = np.asarray(self._dense @ qv[0])
+            if mask is not None:
+                scores = np.where(mask > 0, scores, -np.inf)
+            n = min(n, len(scores))
+            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+            top = top[np.argsort(-scores[top])]
+            return [self._ids[i] for i in top if np.isfinite(scores[i])]
         col = self.index.collection
         total = col.count()
         if not total:
@@ -86,13 +100,16 @@ class Retriever:
             if len({rows[c]["letter_id"] for c in keep}) < k:
                 where, args = filters.sql()
                 allowed = [r[0] for r in self.index.store.db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
-                if len(allowed) <= SMALL_SET:
-                    dense = self.dense_among(qv, allowed, n) if allowed else []
-                    self._lexical()
+                self._lexical()
+                if self._dense is not None or len(allowed) <= SMALL_SET:
                     mask = np.zeros(len(self._ids), dtype=np.float32)
                     for cid in allowed:
                         if cid in self._pos:
                             mask[self._pos[cid]] = 1
+                    if self._dense is not None:
+                        dense = self.dense(qv, n, mask) if allowed else []
+                    else:
+                        dense = self.dense_among(qv, allowed, n) if allowed else []
                     lex = self.lexical(query, n, mask) if allowed else []
                     rows = self.index.store.rows(set(dense) | set(lex))
                     keep = set(rows)

@@ -83,6 +83,23 @@ def synthetic_arguments(user: str, invent: bool = False) -> dict:
     return out
 
 
+_PASSAGE = re.compile(r"^\[(\d+)\] [^\n]*\n([^\n]+)", re.MULTILINE)
+
+
+def synthetic_answer(user: str, invent: bool = False) -> dict:
+    """Cite each passage with its first sentence; with ``invent``, add a citation that is not there."""
+    cites, parts = [], []
+    for m in _PASSAGE.finditer(user):
+        first = re.split(r"(?<=[.!?])\s+", m.group(2).strip())[0]
+        cites.append({"source": int(m.group(1)), "quote": first})
+        parts.append(f"The reviewer explained the decision [{m.group(1)}].")
+    if invent:
+        cites.append({"source": 1, "quote": "The reviewer noted the claimant returned to full duty in 2019."})
+        cites.append({"source": 99, "quote": "A passage that does not exist."})
+        parts.append("It was also noted that the claimant returned to work [99].")
+    return {"answer": " ".join(parts) or "The passages do not answer the question.", "citations": cites}
+
+
 class FakeOpenAI:
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
@@ -234,7 +251,11 @@ class FakeOpenAI:
             user = " ".join(p.get("text", "") for p in user if isinstance(p, dict))
         sha = hashlib.sha256(user.encode()).hexdigest()
         finish = "tool_calls"
-        if self.cfg.mode == "recorded":
+        tools = req.get("tools") or []
+        tool_name = tools[0]["function"]["name"] if tools else ""
+        if tool_name == "LLMAnswer" and self.cfg.mode != "recorded":
+            args = json.dumps(synthetic_answer(user, self.cfg.invent))
+        elif self.cfg.mode == "recorded":
             rec = self._recorded.get(sha)
             args = rec["arguments"] if rec else json.dumps({"error": "no recording for this message"})
         else:
@@ -245,8 +266,7 @@ class FakeOpenAI:
             args = json.dumps({"items": "not a list", "age": "old"})
         elif fault == "length":
             args, finish = args[: max(1, len(args) // 3)], "length"
-        tools = req.get("tools") or []
-        name = tools[0]["function"]["name"] if tools else "LLMExtraction"
+        name = tool_name or "LLMExtraction"
         ptoks = sum(len(str(m.get("content", ""))) for m in msgs) // 4 + len(json.dumps(tools)) // 4
         ctoks = max(1, len(args) // 4)
         msg: dict = {"role": "assistant", "content": None,

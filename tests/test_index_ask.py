@@ -1,0 +1,142 @@
+"""Index and ask over the example letters, as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imr_llm.cli import app
+
+from .conftest import LETTERS
+
+runner = CliRunner()
+FUSION_LETTERS = {"CM14-0095145", "000_2fb87f21f9d4b91f"}  # 004 (header, case number) and 000
+NO_FUSION = "001_21c8226c7447611c"
+
+
+@pytest.fixture
+def indexed():
+    res = runner.invoke(app, ["ingest", str(LETTERS)])
+    assert res.exit_code == 0, res.output
+    return Path(os.environ["IMR_DATA_DIR"])
+
+
+def ask_json(*args):
+    res = runner.invoke(app, ["ask", *args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def _assert_citations_real(ans):
+    for c in ans["citations"]:
+        text = Path(c["source_path"]).read_text()
+        assert text[c["start"]:c["end"]] == c["quote"], c
+
+
+def test_fusion_question_cites_exactly_the_fusion_letters(indexed):
+    ans = ask_json("why were physical therapy requests upheld after spinal fusion surgery?")
+    cited = {c["cite_id"] for c in ans["citations"]}
+    assert cited == FUSION_LETTERS and NO_FUSION not in cited
+    _assert_citations_real(ans)
+    assert "fusion=True" in ans["filters"] and "decision=Upheld" in ans["filters"]
+
+
+@pytest.mark.parametrize("question,count", [
+    ("How many acupuncture requests were overturned?", 0),
+    ("How many physical therapy requests were upheld?", 3),
+    ("how many disputed items concerned the cervical spine?", 3),
+    ("How many decisions came from reviewers licensed outside California?", 0),
+])
+def test_counting_questions_are_exact(indexed, question, count):
+    ans = ask_json(question)
+    assert ans["mode"] == "count" and ans["count"] == count
+
+
+def test_listing_and_grounds(indexed):
+    ans = ask_json("Which letters upheld acupuncture requests?")
+    assert ans["mode"] == "list" and [x["letter_id"] for x in ans["letters"]] == [NO_FUSION]
+    ans = ask_json("on what grounds were acupuncture requests denied?")
+    assert {c["letter_id"] for c in ans["citations"]} == {NO_FUSION}
+    _assert_citations_real(ans)
+    ans = ask_json("why was therapy denied", "--region", "cervical", "--k", "5")
+    assert {c["letter_id"] for c in ans["citations"]} == {NO_FUSION, "004_9cf12295204d3b85"}
+
+
+def test_reindex_upserts_without_duplicates(indexed):
+    import sqlite3
+    db = sqlite3.connect(indexed / "index" / "store.sqlite")
+    n = db.execute("select count(*) from chunks").fetchone()[0]
+    res = runner.invoke(app, ["index", str(indexed / "records.jsonl")])
+    assert res.exit_code == 0 and "0 embedded" in res.output
+    assert db.execute("select count(*) from chunks").fetchone()[0] == n
+    from imr_llm.index import COLLECTION, chroma_client
+    assert chroma_client(indexed / "index" / "chroma").get_collection(COLLECTION).count() == n
+
+
+def test_llm_answer_citations_verified_and_inventions_removed(indexed, fake_server, monkeypatch):
+    srv = fake_server(mode="synthetic", invent=True)
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    ans = ask_json("why were physical therapy requests upheld after spinal fusion surgery?", "--model", "compatible:fake")
+    assert {c["cite_id"] for c in ans["citations"]} == FUSION_LETTERS
+    _assert_citations_real(ans)
+    assert any("returned to full duty" in r for r in ans["removed"])
+    assert any(r.startswith("[99]") for r in ans["removed"])
+    assert "[99]" not in ans["answer"] and "[CM14-0095145 #1]" in ans["answer"]
+
+
+def test_wrong_embedder_and_broken_index_give_clear_messages(indexed, monkeypatch):
+    monkeypatch.setenv("IMR_EMBEDDER", "chroma-default")
+    res = runner.invoke(app, ["index", str(indexed / "records.jsonl")])
+    assert res.exit_code == 2 and "built with embedder 'wordllama" in res.output and "--rebuild" in res.output
+    monkeypatch.delenv("IMR_EMBEDDER")
+    (indexed / "index" / "store.sqlite").write_bytes(b"garbage" * 100)
+    for f in (indexed / "index").glob("store.sqlite-*"):
+        f.unlink()
+    res = runner.invoke(app, ["ask", "why?"])
+    assert res.exit_code == 2 and "damaged" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["index", "--rebuild", str(indexed / "records.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert ask_json("How many physical therapy requests were upheld?")["count"] == 3
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def test_chroma_server_path(tmp_path, monkeypatch):
+    import sys
+    exe = shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert exe, "chroma CLI (ships with chromadb) not found"
+    port = _free_port()
+    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        monkeypatch.setenv("IMR_CHROMA_URL", f"http://127.0.0.1:{port}")
+        res = runner.invoke(app, ["ingest", str(LETTERS)])
+        assert res.exit_code == 0, res.output
+        assert not (Path(os.environ["IMR_DATA_DIR"]) / "index" / "chroma").exists()  # vectors live on the server
+        ans = ask_json("why were physical therapy requests upheld after spinal fusion surgery?")
+        assert {c["cite_id"] for c in ans["citations"]} == FUSION_LETTERS
+        import chromadb
+        assert chromadb.HttpClient(host="127.0.0.1", port=port).get_collection("imr_chunks").count() > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
