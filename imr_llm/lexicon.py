@@ -278,14 +278,15 @@ REASONS = [
     ("exceeds_guideline_visits", r"exceed\w*\s+(?:\w+\s+){0,6}?(?:guideline|recommend|MTUS|visits?|sessions?)|in\s+excess\s+of|beyond\s+(?:the\s+)?guideline"
                                  r"|(?:already|has)\s+(?:\w+\s+){0,3}(?:received|completed|had)\s+(?:\w+\s+){0,3}?(?:significant|\d+|numerous|extensive)\s+(?:\w+\s+){0,2}?(?:sessions|visits|therapy)"),
     ("transition_to_home_program", r"home\s+exercise\s+program|self-?\s?directed\s+home|independent\s+(?:home\s+)?exercise|transition\w*\s+(?:\w+\s+){0,3}home|home\s+program"),
-    ("insufficient_documentation", r"(?:not|no|without)\s+(?:\w+\s+){0,3}(?:documented|documentation|outlined|discussed|submitted|clearly\s+(?:stated|described|outlined))"
-                                   r"|unclear|not\s+clear|no\s+clinical\s+progress\s+notes?|fail\w*\s+to\s+(?:support|substantiate|document)|has\s+not\s+been\s+established|have\s+not\s+(?:adequately\s+)?demonstrated"),
     ("no_acute_flare", r"no\s+(?:\w+\s+){0,4}(?:acute\s+(?:flare|exacerbation)|flare-?\s?up|new\s+injur)|no\s+recent\s+reports?\s+of\s+acute"),
     ("not_recommended_by_guideline", r"not\s+recommended|guidelines?\s+(?:do|does)\s+not\s+(?:support|recommend)|not\s+supported\s+by\s+(?:the\s+)?(?:MTUS|guideline|ODG)"),
     ("no_objective_findings", r"no\s+(?:\w+\s+){0,3}(?:objective|specific\s+physical|neurologic\w*)\s+(?:\w+\s+){0,2}(?:findings|deficits|impairments)|no\s+(?:clear\s+)?(?:dermatomal|radicular)"),
     ("contraindicated", r"contraindicat\w*"),
     ("no_trial_of_conservative_care", r"(?:failure|failed)\s+of\s+conservative|conservative\s+(?:care|treatment)\s+(?:has\s+)?not\s+(?:been\s+)?(?:tried|exhausted)|no\s+(?:\w+\s+){0,2}trial\s+of"),
     ("long_term_use_not_supported", r"long-?\s?term\s+(?:use|opioid)|chronic\s+use|(?:no|without)\s+(?:\w+\s+){0,3}(?:urine\s+drug|pain\s+contract|opioid\s+agreement)"),
+    # generic: last, so a specific code wins the sentence
+    ("insufficient_documentation", r"(?:not|no|without)\s+(?:\w+\s+){0,3}(?:documented|documentation|outlined|discussed|submitted|clearly\s+(?:stated|described|outlined))"
+                                   r"|unclear|not\s+clear|no\s+clinical\s+progress\s+notes?|fail\w*\s+to\s+(?:support|substantiate|document)|has\s+not\s+been\s+established|have\s+not\s+(?:adequately\s+)?demonstrated"),
 ]
 REASON_NAMES = [r for r, _ in REASONS] + ["other"]
 _REASON_RES = [(r, re.compile(p, re.IGNORECASE)) for r, p in REASONS]
@@ -293,16 +294,31 @@ _REASON_RES = [(r, re.compile(p, re.IGNORECASE)) for r, p in REASONS]
 APPROVAL = re.compile(r"\bis\s+medically\s+necessary\b|\bwas/is\s+medically\s+necessary|\bmedically\s+necessary\s+and\s+appropriate\b(?<!not medically necessary and appropriate)", re.IGNORECASE)
 
 
+_SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+|$)")
+# Sentences whose subject is the guideline describe the standard, not this case.
+_GUIDE_SUBJECT = re.compile(r"^\s*(?:The\s+)?(?:California\s+)?(?:CA\s+)?(?:MTUS|ODG|ACOEM|Official\s+Disability|Chronic\s+Pain|Post-?\s?Surgical|"
+                            r"Acupuncture)\b[^.]*?\b(?:Guidelines?|recommend\w*|support\w*|allow\w*|state\w*|limit\w*|require\w*|indicate\w*)\b"
+                            r"|^\s*(?:As\s+stated|Per|According\s+to)\b[^.]*\b(?:Guidelines?|MTUS|ODG|ACOEM)\b", re.IGNORECASE)
+
+
 def reasons(rationale: str, decision: str | None) -> list[tuple[str, int, int]]:
-    """Normalised denial reasons named in a rationale (first evidence each). Empty for approvals."""
+    """Normalised denial reasons of a rationale: one code per sentence (first in table order).
+
+    Empty for approvals; sentences that describe the guideline itself are skipped.
+    """
     if decision and decision.lower().startswith("overturn"):
         return []
-    out = []
-    for code, rx in _REASON_RES:
-        m = rx.search(rationale)
-        if m:
-            out.append((code, m.start(), m.end()))
-    return sorted(out, key=lambda h: h[1])
+    out: dict[str, tuple[str, int, int]] = {}
+    for sm in _SENTENCE.finditer(rationale):
+        sent = sm.group()
+        if _GUIDE_SUBJECT.search(sent) and not re.search(r"\bin\s+this\s+case\b|\bthe\s+(?:patient|applicant|injured\s+worker|employee)\b", sent, re.IGNORECASE):
+            continue
+        for code, rx in _REASON_RES:
+            m = rx.search(sent)
+            if m:
+                out.setdefault(code, (code, sm.start() + m.start(), sm.start() + m.end()))
+                break
+    return sorted(out.values(), key=lambda h: h[1])
 
 
 # --- claimant facts ---------------------------------------------------------------------------------

@@ -90,12 +90,13 @@ _TREAT_LIST = re.compile(
     r"(?:(?:previous|prior|past)\s+treatments?|treatments?\s+to\s+date|treatment\s+history)\s+(?:has\s+|have\s+|had\s+)?(?:include[sd]?|consisted\s+of|to\s+date\s+(?:has\s+)?include[sd]?)\s*:?\s*(?P<v>.+?)\.(?=\s+[A-Z]|[A-Z][a-z]|\s*$|\s*\n)",
     re.IGNORECASE)
 _LIST_SPLIT = re.compile(r",(?!\s*\d{4}\b)\s*(?:and\s+|or\s+)?|;\s*(?:and\s+)?")
+_KW = ("fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|"
+       "release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement")
 _PROC = re.compile(
     r"(?P<proc>(?:(?:anterior|posterior|lateral|interbody|single|one|two|three|multi|\w+-level|level|spinal|lumbar|cervical|thoracic|"
     r"right|left|bilateral|total|partial|knee|hip|shoulder|decompression|and|[CLT]\d{1,2}-[CLTS]?\d{1,2}|arthroscopic|open|carpal|tunnel|"
     r"rotator|cuff|meniscal|anterior\s+cruciate|lumbosacral)[\s-]+){0,6}"
-    r"(?:fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|"
-    r"release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement)(?:\s+surgery)?)", re.IGNORECASE)
+    + rf"(?:{_KW})(?:\s+and\s+(?:\w+\s+){{0,2}}?(?:{_KW}))?(?:\s+surgery)?)", re.IGNORECASE)
 _PAST = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|\bhad\b|history\s+of|performed|following|prior|previous|earlier|included", re.IGNORECASE)
 _LEVEL = re.compile(r"\b(?P<a>[CLT]\d{1,2})\s*(?:-|to|through)\s*(?P<b>[CLTS]?\d{1,2})\b")
 # a period ends a sentence before a space, the end, or a glued capitalised word ("2009.Medical")
