@@ -151,7 +151,8 @@ class Spec:
 
 def build(seed: int, n_items: int | None = None, outcomes: list[str] | None = None, categories: list[str] | None = None,
           layout: str | None = None, credentials: str | None = None, state: str | None = None,
-          page_header_in_rationale: bool | None = None, injection: bool = False) -> tuple[str, dict]:
+          page_header_in_rationale: bool | None = None, injection: bool = False,
+          surgery_index: int | None = None) -> tuple[str, dict]:
     """One letter's text (as PDF text extraction leaves it) and its gold record."""
     rng = random.Random(seed)
     layout = layout or rng.choice(["no_header", "header"])
@@ -173,6 +174,8 @@ def build(seed: int, n_items: int | None = None, outcomes: list[str] | None = No
     diags = rng.sample(DIAGNOSES, rng.randrange(1, 4))
     treats = rng.sample(TREATMENTS, rng.randrange(2, 4))
     surgery = rng.choice(SURGERIES) if rng.random() < 0.4 else None
+    if surgery_index is not None:
+        surgery = SURGERIES[surgery_index]
     surg_date = _d(rng, doi + timedelta(days=60), 900) if surgery else None
 
     out: list[str] = []  # paragraphs

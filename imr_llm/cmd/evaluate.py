@@ -1,2 +1,120 @@
+"""`imr eval extraction|qa|compare`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
-app = typer.Typer()
+from rich.console import Console
+from rich.table import Table
+
+from .common import die, get_settings
+
+app = typer.Typer(no_args_is_help=True)
+DEFAULT_SUITE = Path("evals")
+
+
+def _save(report: dict, out: Optional[Path], default_name: str, s) -> Path:
+    out = out or (s.data_dir / "eval-runs" / default_name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    return out
+
+
+@app.command("extraction")
+def extraction(
+    suite: Path = typer.Argument(DEFAULT_SUITE, help="suite folder with letters/ and gold/"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL; default IMR_MODEL or none (layout parser alone)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON report (default DATA_DIR/eval-runs/...)"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="self-contained HTML report with evidence highlighted"),
+    min_f1: Optional[float] = typer.Option(None, "--min-f1", help="exit 1 if micro F1 is below"),
+    min_decision_accuracy: Optional[float] = typer.Option(None, "--min-decision-accuracy"),
+    concurrency: int = typer.Option(8, "--concurrency", "-c"),
+    show: int = typer.Option(15, "--show-mismatches", help="mismatches to print (all are in the JSON/HTML)"),
+) -> None:
+    """Per-field precision/recall/F1, decision accuracy and grounding against gold records."""
+    from ..evaluate import html_report, run_extraction
+
+    s = get_settings(model)
+    if not (suite / "gold").is_dir():
+        die(f"{suite}: no gold/ folder (a suite holds letters/ and gold/)")
+    sr = run_extraction(suite, s, concurrency)
+    r = sr.report
+    con = Console()
+    t = Table("field", "P", "R", "F1", "tp", "fp", "fn", title=f"extraction eval · {r['model']} · {r['letters']} letters")
+    for name, m in r["fields"].items():
+        t.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["tp"]), str(m["fp"]), str(m["fn"]))
+    mi = r["micro"]
+    t.add_row("[bold]micro[/bold]", f"{mi['precision']:.3f}", f"{mi['recall']:.3f}", f"[bold]{mi['f1']:.3f}[/bold]", str(mi["tp"]), str(mi["fp"]), str(mi["fn"]))
+    con.print(t)
+    con.print(f"decision accuracy {r['decision_accuracy']} · grounded share {r['grounded_share']} "
+              f"({r['values_kept']} kept, {r['values_dropped']} dropped) · LLM calls {r['llm_calls']} · "
+              f"tokens {r['input_tokens']}/{r['output_tokens']} · {r['wall_s']} s")
+    for m in r["mismatches"][:show]:
+        con.print(f"  [yellow]{m['letter']}[/yellow] {m['field']}: expected {json.dumps(m['expected'])} got {json.dumps(m['got'])}", highlight=False)
+    if len(r["mismatches"]) > show:
+        con.print(f"  ... {len(r['mismatches']) - show} more in the report")
+    for f in r["failed"]:
+        con.print(f"[red]failed:[/red] {f}")
+    path = _save(r, out, f"extraction-{s.label.replace('/', '_').replace(':', '_')}.json", s)
+    con.print(f"report: {path}")
+    if html_out:
+        html_report(sr, html_out)
+        con.print(f"html: {html_out}")
+    if (min_f1 is not None and mi["f1"] < min_f1) or (min_decision_accuracy is not None and (r["decision_accuracy"] or 0) < min_decision_accuracy):
+        die(f"below threshold: micro F1 {mi['f1']:.3f} (min {min_f1}), decision accuracy {r['decision_accuracy']} (min {min_decision_accuracy})", 1)
+
+
+@app.command("qa")
+def qa(
+    suite: Path = typer.Argument(DEFAULT_SUITE),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    out: Optional[Path] = typer.Option(None, "--out"),
+    min_citation_recall: Optional[float] = typer.Option(None, "--min-citation-recall"),
+    k: int = typer.Option(6, "--k"),
+) -> None:
+    """Citation recall/precision, must-not-cite violations, fact coverage and count exact match."""
+    from ..evaluate import run_qa
+
+    s = get_settings(model)
+    if not (suite / "questions.jsonl").is_file():
+        die(f"{suite}: no questions.jsonl")
+    r = run_qa(suite, s, k)
+    con = Console()
+    t = Table("question", "mode", "cit. recall", "cit. prec.", "facts", "count", "must-not", title=f"QA eval · {r['model']}")
+    for row in r["rows"]:
+        cnt = f"{row['count_got']}/{row['count_expected']}" if "count_expected" in row else ""
+        t.add_row(row["question"][:60], row["mode"], str(row.get("citation_recall", "")), str(row.get("citation_precision", "")),
+                  str(row.get("fact_coverage", "")), cnt, ", ".join(row["must_not_cite_violations"]))
+    con.print(t)
+    con.print(f"citation recall {r['citation_recall']} · precision {r['citation_precision']} · fact coverage {r['fact_coverage']} · "
+              f"count exact {r['count_exact_match']} · must-not-cite violations {r['must_not_cite_violations']}")
+    path = _save(r, out, f"qa-{s.label.replace('/', '_').replace(':', '_')}.json", s)
+    con.print(f"report: {path}")
+    if min_citation_recall is not None and (r["citation_recall"] or 0) < min_citation_recall:
+        die(f"below threshold: citation recall {r['citation_recall']} (min {min_citation_recall})", 1)
+
+
+@app.command("compare")
+def compare(run_a: Path = typer.Argument(...), run_b: Path = typer.Argument(...)) -> None:
+    """Two extraction (or QA) reports side by side."""
+    a, b = json.loads(run_a.read_text()), json.loads(run_b.read_text())
+    con = Console()
+    if a.get("kind") == "qa":
+        t = Table("metric", a["model"], b["model"], "delta", title="QA runs")
+        for key in ("citation_recall", "citation_precision", "fact_coverage", "count_exact_match", "must_not_cite_violations"):
+            va, vb = a.get(key) or 0, b.get(key) or 0
+            t.add_row(key, str(va), str(vb), f"{vb - va:+.3f}")
+        con.print(t)
+        return
+    t = Table("field", f"A: {a['model']}", f"B: {b['model']}", "delta F1", title=f"{run_a.name} vs {run_b.name}")
+    for name in dict.fromkeys(list(a["fields"]) + list(b["fields"])):
+        fa = a["fields"].get(name, {}).get("f1")
+        fb = b["fields"].get(name, {}).get("f1")
+        d = f"{fb - fa:+.3f}" if fa is not None and fb is not None else ""
+        t.add_row(name, f"{fa:.3f}" if fa is not None else "-", f"{fb:.3f}" if fb is not None else "-", d)
+    t.add_row("micro", f"{a['micro']['f1']:.3f}", f"{b['micro']['f1']:.3f}", f"{b['micro']['f1'] - a['micro']['f1']:+.3f}")
+    t.add_row("decision accuracy", str(a["decision_accuracy"]), str(b["decision_accuracy"]), "")
+    t.add_row("tokens in/out", f"{a['input_tokens']}/{a['output_tokens']}", f"{b['input_tokens']}/{b['output_tokens']}", "")
+    con.print(t)

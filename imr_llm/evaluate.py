@@ -1,0 +1,287 @@
+"""Eval suites: extraction against hand-checked gold records, and question answering.
+
+A suite is a folder with ``letters/`` (.txt/.pdf), ``gold/<letter_id>.json`` and optionally
+``questions.jsonl``. Field lists come from the gold files, which follow the record schema.
+"""
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models import DecisionRecord
+
+SCALARS = ["case_number", "date_assigned", "date_of_injury", "decision_date", "ur_denial_date", "application_received",
+           "priority", "claimant.age", "claimant.sex"]
+SETS = ["reviewer.specialties", "reviewer.license_states", "diagnoses", "prior_treatments", "surgeries"]
+ITEM_SCALARS = ["request", "decision", "category", "quantity", "frequency"]
+ITEM_SETS = ["body_regions", "guideline_sources", "denial_reasons"]
+FIELDS = SCALARS + SETS + [f"items.{f}" for f in ITEM_SCALARS + ITEM_SETS]
+
+
+def _n(v: Any) -> Any:
+    """Normalise for comparison: text lower-cased, whitespace folded, edge punctuation stripped."""
+    if isinstance(v, str):
+        return re.sub(r"\s+", " ", v).strip(" .,;:").lower()
+    return v
+
+
+def _get(d: dict, path: str) -> Any:
+    for p in path.split("."):
+        d = (d or {}).get(p)
+    return d
+
+
+def _surgery_keys(lst: list[dict]) -> set:
+    return {(s.get("date") or "", s.get("body_region") or "") for s in lst or []}
+
+
+@dataclass
+class Counts:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def add(self, o: "Counts") -> None:
+        self.tp, self.fp, self.fn = self.tp + o.tp, self.fp + o.fp, self.fn + o.fn
+
+    def prf(self) -> dict:
+        p = self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+        r = self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+        f = 2 * p * r / (p + r) if p + r else 0.0
+        return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4)}
+
+
+def _scalar(g: Any, p: Any) -> Counts:
+    g, p = _n(g), _n(p)
+    if g is None and p is None:
+        return Counts()
+    if g == p:
+        return Counts(tp=1)
+    return Counts(fp=int(p is not None), fn=int(g is not None))
+
+
+def _set(g: set, p: set) -> Counts:
+    return Counts(tp=len(g & p), fp=len(p - g), fn=len(g - p))
+
+
+def compare(rec: dict, gold: dict) -> tuple[dict[str, Counts], list[dict], tuple[int, int]]:
+    """Per-field counts, mismatches and (correct decisions, gold items) for one letter."""
+    out: dict[str, Counts] = {}
+    mism: list[dict] = []
+    lid = gold.get("letter_id") or rec.get("letter_id")
+
+    def note(fieldname: str, c: Counts, exp: Any, got: Any) -> None:
+        out.setdefault(fieldname, Counts()).add(c)
+        if c.fp or c.fn:  # for sets: expected = missing values, got = extra values
+            mism.append({"letter": lid, "field": fieldname, "expected": exp, "got": got})
+
+    for f in SCALARS:
+        if f.split(".")[0] in gold:
+            note(f, _scalar(_get(gold, f), _get(rec, f)), _get(gold, f), _get(rec, f))
+    for f in SETS:
+        if f.split(".")[0] not in gold:
+            continue
+        if f == "surgeries":
+            g, p = _surgery_keys(gold.get("surgeries")), _surgery_keys(rec.get("surgeries"))
+            note(f, _set(g, p), sorted(g - p), sorted(p - g))
+        else:
+            g = {_n(x) for x in _get(gold, f) or []}
+            p = {_n(x) for x in _get(rec, f) or []}
+            note(f, _set(g, p), sorted(g - p), sorted(p - g))
+    gi, pi = gold.get("items", []), rec.get("items", [])
+    correct = 0
+    for k in range(max(len(gi), len(pi))):
+        g = gi[k] if k < len(gi) else {}
+        p = dict(pi[k]) if k < len(pi) else {}
+        if p:
+            p["guideline_sources"] = sorted({s["name"] for s in p.get("guideline_sources", []) if s.get("cited_by", "maximus") == "maximus"})
+        for f in ITEM_SCALARS:
+            note(f"items.{f}", _scalar(g.get(f), p.get(f)), g.get(f), p.get(f))
+        for f in ITEM_SETS:
+            gs, ps = {_n(x) for x in g.get(f, [])}, {_n(x) for x in p.get(f, [])}
+            note(f"items.{f}", _set(gs, ps), sorted(gs - ps), sorted(ps - gs))
+        if g and p and _n(g.get("decision")) == _n(p.get("decision")):
+            correct += 1
+    return out, mism, (correct, len(gi))
+
+
+@dataclass
+class SuiteResult:
+    report: dict
+    records: list[dict] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+
+
+def load_gold(suite: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((suite / "gold").glob("*.json"))}
+
+
+def letters_of(suite: Path, gold: dict[str, dict]) -> list[Path]:
+    found = {p.stem: p for p in sorted((suite / "letters").iterdir()) if p.suffix.lower() in (".txt", ".pdf")}
+    return [found[k] for k in gold if k in found]
+
+
+def run_extraction(suite: Path, s, concurrency: int = 8) -> SuiteResult:
+    from . import batch
+    from .llm import Provider
+    from .load import read_letter
+
+    gold = load_gold(suite)
+    paths = letters_of(suite, gold)
+    provider = Provider(s) if s.provider != "none" else None
+    ex = batch.Extractor(s, provider)
+    done: list[batch.Outcome] = []
+    t0 = time.monotonic()
+    totals = asyncio.run(batch.run([str(p) for p in paths], ex, None, None, concurrency, done.append))
+    wall = time.monotonic() - t0
+    fields: dict[str, Counts] = defaultdict(Counts)
+    mism, dec_ok, dec_n = [], 0, 0
+    found = dropped = 0
+    records, texts, failures = [], {}, []
+    for o in done:
+        lid = Path(o.path).stem
+        if o.record is None:
+            failures.append(o.error)
+            rec = {"letter_id": lid, "items": []}
+        else:
+            rec = o.record.model_dump(mode="json")
+            records.append(rec)
+            texts[lid] = read_letter(o.path).text
+            found += sum(1 for e in o.record.evidence if e.status != "not_found")
+            dropped += sum(1 for e in o.record.evidence if e.status == "not_found")
+        counts, mm, (ok, n) = compare(rec, gold[lid])
+        for k, c in counts.items():
+            fields[k].add(c)
+        mism += mm
+        dec_ok, dec_n = dec_ok + ok, dec_n + n
+    micro = Counts()
+    for c in fields.values():
+        micro.add(c)
+    report = {
+        "kind": "extraction", "suite": str(suite), "model": s.label, "letters": len(paths), "failed": failures,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": round(wall, 2),
+        "fields": {k: fields[k].prf() for k in FIELDS if k in fields},
+        "micro": micro.prf(),
+        "decision_accuracy": round(dec_ok / dec_n, 4) if dec_n else None,
+        "grounded_share": round(found / (found + dropped), 4) if found + dropped else 1.0,
+        "values_kept": found, "values_dropped": dropped,
+        "llm_calls": totals.calls, "input_tokens": totals.input_tokens, "output_tokens": totals.output_tokens,
+        "retry_tokens": totals.retry_tokens, "cost_usd": totals.cost_usd,
+        "mismatches": mism,
+    }
+    return SuiteResult(report, records, texts)
+
+
+# --- question answering ---------------------------------------------------------------------------
+
+def run_qa(suite: Path, s, k: int = 6) -> dict:
+    from .answer import ask
+    from .index import open_for_rebuild
+
+    sr = run_extraction(suite, s)
+    idx = open_for_rebuild(s.data_dir / "eval-index", None)
+    idx.add(DecisionRecord.model_validate(r) for r in sr.records)
+    provider = None
+    if s.provider != "none":
+        from .llm import Provider
+
+        provider = Provider(s)
+    rows = []
+    for line in (suite / "questions.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        q = json.loads(line)
+        res = ask(idx, q["question"], k=q.get("k", k), provider=provider, model_label=s.label)
+        cited = {c.letter_id for c in res.citations} | ({L["letter_id"] for L in res.letters} if res.mode == "list" else set())
+        must, mustnot = set(q.get("must_cite", [])), set(q.get("must_not_cite", []))
+        row = {"question": q["question"], "mode": res.mode, "filters": res.filters, "cited": sorted(cited)}
+        if "count" in q:
+            row["count_expected"], row["count_got"] = q["count"], res.count
+            row["count_exact"] = res.count == q["count"]
+        if must or res.mode != "count":
+            row["citation_recall"] = round(len(cited & must) / len(must), 4) if must else 1.0
+            row["citation_precision"] = round(len(cited & must) / len(cited), 4) if cited and must else (1.0 if not cited and not must else 0.0)
+        row["must_not_cite_violations"] = sorted(cited & mustnot)
+        facts = q.get("facts", [])
+        if facts:
+            blob = (res.answer + " " + " ".join(c.quote for c in res.citations)).lower()
+            blob = re.sub(r"\s+", " ", blob)
+            row["fact_coverage"] = round(sum(1 for f in facts if f.lower() in blob) / len(facts), 4)
+        row["removed_citations"] = res.removed
+        rows.append(row)
+
+    def mean(key: str) -> float | None:
+        vals = [r[key] for r in rows if key in r]
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    return {
+        "kind": "qa", "suite": str(suite), "model": s.label, "questions": len(rows), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "citation_recall": mean("citation_recall"), "citation_precision": mean("citation_precision"),
+        "fact_coverage": mean("fact_coverage"),
+        "count_exact_match": round(sum(r["count_exact"] for r in rows if "count_exact" in r) / max(1, sum("count_exact" in r for r in rows)), 4),
+        "must_not_cite_violations": sum(len(r["must_not_cite_violations"]) for r in rows),
+        "rows": rows,
+    }
+
+
+# --- HTML ---------------------------------------------------------------------------------------------
+
+_COLORS = ["#ffe08a", "#b5e3ff", "#c8f2c2", "#ffc9de", "#e0d4ff", "#ffd8b0"]
+
+
+def _highlight(text: str, evidence: list[dict]) -> str:
+    spans = [e for e in evidence if e.get("status") != "not_found" and e.get("start") is not None
+             and not e["field"].endswith(("rationale", "clinical_summary"))]
+    bounds = sorted({0, len(text)} | {e["start"] for e in spans} | {e["end"] for e in spans})
+    parts = []
+    for a, b in zip(bounds, bounds[1:]):
+        cover = [e for e in spans if e["start"] <= a and e["end"] >= b]
+        seg = html.escape(text[a:b])
+        if cover:
+            inner = min(cover, key=lambda e: e["end"] - e["start"])
+            color = _COLORS[hash(inner["field"].split("[")[0].split(".")[0]) % len(_COLORS)]
+            title = html.escape("; ".join(f"{e['field']} ({e['status']}, {e['origin']})" for e in cover))
+            seg = f'<mark style="background:{color}" title="{title}">{seg}</mark>'
+        parts.append(seg)
+    return "".join(parts)
+
+
+def html_report(sr: SuiteResult, path: Path) -> None:
+    r = sr.report
+    bars = []
+    for i, (name, m) in enumerate(r["fields"].items()):
+        w = int(m["f1"] * 300)
+        bars.append(f'<text x="0" y="{i * 22 + 15}" font-size="12">{html.escape(name)}</text>'
+                    f'<rect x="230" y="{i * 22 + 3}" width="{w}" height="16" fill="#4a90d9"/>'
+                    f'<text x="{235 + w}" y="{i * 22 + 15}" font-size="12">F1 {m["f1"]:.2f} · P {m["precision"]:.2f} · R {m["recall"]:.2f}</text>')
+    svg = f'<svg width="760" height="{len(bars) * 22 + 10}" xmlns="http://www.w3.org/2000/svg">{"".join(bars)}</svg>'
+    mm = "".join(f"<tr><td>{html.escape(m['letter'])}</td><td>{html.escape(m['field'])}</td><td>{html.escape(json.dumps(m['expected']))}</td>"
+                 f"<td>{html.escape(json.dumps(m['got']))}</td></tr>" for m in r["mismatches"])
+    letters = []
+    for rec in sr.records:
+        lid = rec["letter_id"]
+        dropped = [e for e in rec["evidence"] if e["status"] == "not_found"]
+        drop_html = "".join(f"<li>{html.escape(e['field'])}: {html.escape(e.get('value') or '')}</li>" for e in dropped)
+        letters.append(f"<details><summary>{html.escape(lid)} — {len(rec['items'])} item(s), flags: {html.escape(', '.join(rec['flags']) or 'none')}</summary>"
+                       f"<p>Hover a highlight to see the field it grounds.</p>"
+                       + (f"<p>Dropped (not in the letter):</p><ul>{drop_html}</ul>" if dropped else "")
+                       + f"<pre>{_highlight(sr.texts.get(lid, ''), rec['evidence'])}</pre></details>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>imr-llm eval: {html.escape(r['model'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}pre{{white-space:pre-wrap;background:#fafafa;padding:1em;border:1px solid #ddd}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 6px;font-size:12px;vertical-align:top}}mark{{padding:0}}</style></head><body>
+<h1>Extraction eval — {html.escape(r['model'])}</h1>
+<p>Suite {html.escape(r['suite'])} · {r['letters']} letters · {r['when']} · micro F1 {r['micro']['f1']:.3f} ·
+decision accuracy {r['decision_accuracy']} · grounded share {r['grounded_share']} ({r['values_dropped']} values dropped) ·
+LLM calls {r['llm_calls']} · tokens {r['input_tokens']}/{r['output_tokens']}</p>
+<h2>Per field</h2>{svg}
+<h2>Mismatches ({len(r['mismatches'])})</h2><table><tr><th>letter</th><th>field</th><th>expected</th><th>got</th></tr>{mm}</table>
+<h2>Letters with evidence highlighted</h2>{''.join(letters)}
+</body></html>"""
+    path.write_text(page, encoding="utf-8")
