@@ -123,18 +123,20 @@ def load_gold(suite: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((suite / "gold").glob("*.json"))}
 
 
-def letters_of(suite: Path, gold: dict[str, dict]) -> list[Path]:
+def letters_of(suite: Path, gold: dict[str, dict], only: str | None = None) -> list[Path]:
+    import fnmatch
+
     found = {p.stem: p for p in sorted((suite / "letters").iterdir()) if p.suffix.lower() in (".txt", ".pdf")}
-    return [found[k] for k in gold if k in found]
+    return [found[k] for k in gold if k in found and (not only or fnmatch.fnmatch(k, only))]
 
 
-def run_extraction(suite: Path, s, concurrency: int = 8) -> SuiteResult:
+def run_extraction(suite: Path, s, concurrency: int = 8, only: str | None = None) -> SuiteResult:
     from . import batch
     from .llm import Provider
     from .load import read_letter
 
     gold = load_gold(suite)
-    paths = letters_of(suite, gold)
+    paths = letters_of(suite, gold, only)
     provider = Provider(s) if s.provider != "none" else None
     ex = batch.Extractor(s, provider)
     done: list[batch.Outcome] = []

@@ -103,6 +103,9 @@ _INJECTION = re.compile(
     re.IGNORECASE)
 
 
+_INJECTION_HINTS = ("instruction", "prompt", "you are now", "mark every", "mark all", '"', "</", "assistant")
+
+
 def letter_id(path: str) -> str:
     return Path(path).stem
 
@@ -211,7 +214,8 @@ def assemble(letter: Letter, lay: Layout, llm: LLMExtraction | None = None, usag
                 _add_surgery(asm, f)
             else:
                 asm.add_proposed(f)
-    if _INJECTION.search(letter.norm.text):
+    low = letter.norm.text.lower()
+    if any(k in low for k in _INJECTION_HINTS) and _INJECTION.search(letter.norm.text):
         flags.append("prompt_injection_suspected: the letter contains text addressed to a model; decisions come from the layout parser")
     for feat in lay.features:
         if feat.startswith("unusual_outcome:"):

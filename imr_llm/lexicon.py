@@ -6,6 +6,7 @@ them. Order matters in the tables: the first matching entry wins.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from datetime import date
 
 NUMBER_WORDS = {
@@ -61,14 +62,24 @@ CATEGORIES = [
 ]
 CATEGORY_NAMES = [c for c, _ in CATEGORIES] + ["other"]
 _CATEGORY_RES = [(c, re.compile(p, re.IGNORECASE)) for c, p in CATEGORIES]
+_CATEGORY_ANY = re.compile("|".join(f"(?P<c{i}>{p})" for i, (_, p) in enumerate(CATEGORIES)), re.IGNORECASE)
+
+
+def _first_by_table(rx: re.Pattern, names: list[str], text: str) -> dict[str, tuple[int, int]]:
+    """First match of every alternative of a combined ``(?P<cN>...)|...`` regex, in one scan."""
+    found: dict[str, tuple[int, int]] = {}
+    for m in rx.finditer(text):
+        i = int(m.lastgroup[1:])
+        found.setdefault(names[i], (m.start(), m.end()))
+    return found
 
 
 def categorize(request: str) -> tuple[str, int, int] | None:
-    """Category of a request line, with the span of the word that decided it."""
-    for cat, rx in _CATEGORY_RES:
-        m = rx.search(request)
-        if m:
-            return cat, m.start(), m.end()
+    """Category of a request line (first in table order), with the span of the word that decided it."""
+    found = _first_by_table(_CATEGORY_ANY, CATEGORY_NAMES, request)
+    for cat, _ in CATEGORIES:
+        if cat in found:
+            return cat, *found[cat]
     return None
 
 
@@ -100,6 +111,7 @@ REGIONS = [
 ]
 REGION_NAMES = [r for r, _ in REGIONS] + ["upper_extremity", "lower_extremity", "other"]
 _REGION_RES = [(r, re.compile(p, re.IGNORECASE)) for r, p in REGIONS]
+_REGION_ANY = re.compile("|".join(f"(?P<c{i}>{p})" for i, (_, p) in enumerate(REGIONS)), re.IGNORECASE)
 _SPINE_PARTS = {"cervical", "thoracic", "lumbar", "sacral"}
 
 
@@ -108,11 +120,7 @@ def body_regions(text: str) -> list[tuple[str, int, int]]:
 
     "spine" alone is kept only when no specific spinal level is named ("cervical spine" -> cervical).
     """
-    hits: list[tuple[str, int, int]] = []
-    for reg, rx in _REGION_RES:
-        m = rx.search(text)
-        if m:
-            hits.append((reg, m.start(), m.end()))
+    hits = [(reg, s, e) for reg, (s, e) in _first_by_table(_REGION_ANY, REGION_NAMES, text).items()]
     if any(h[0] in _SPINE_PARTS for h in hits):
         hits = [h for h in hits if h[0] != "spine"]
     return sorted(hits, key=lambda h: h[1])
@@ -301,6 +309,9 @@ _GUIDE_SUBJECT = re.compile(r"^\s*(?:The\s+)?(?:California\s+)?(?:CA\s+)?(?:MTUS
                             r"|^\s*(?:As\s+stated|Per|According\s+to)\b[^.]*\b(?:Guidelines?|MTUS|ODG|ACOEM)\b", re.IGNORECASE)
 
 
+_CASE_SUBJECT = re.compile(r"\bin\s+this\s+case\b|\bthe\s+(?:patient|applicant|injured\s+worker|employee)\b", re.IGNORECASE)
+
+
 def reasons(rationale: str, decision: str | None) -> list[tuple[str, int, int]]:
     """Normalised denial reasons of a rationale: one code per sentence (first in table order).
 
@@ -308,16 +319,22 @@ def reasons(rationale: str, decision: str | None) -> list[tuple[str, int, int]]:
     """
     if decision and decision.lower().startswith("overturn"):
         return []
+    sents = [(m.start(), m.end()) for m in _SENTENCE.finditer(rationale)]
+    skip = {i for i, (a, b) in enumerate(sents)
+            if _GUIDE_SUBJECT.search(rationale[a:b]) and not _CASE_SUBJECT.search(rationale[a:b])}
+    starts = [a for a, _ in sents]
+    best: dict[int, tuple[int, str, int, int]] = {}  # sentence -> (table rank, code, start, end)
+    for rank, (code, rx) in enumerate(_REASON_RES):
+        for m in rx.finditer(rationale):
+            i = bisect_right(starts, m.start()) - 1
+            if i in skip or (i + 1 < len(starts) and m.end() > starts[i + 1]):
+                continue  # guideline description, or a match running across sentences
+            if i not in best or rank < best[i][0]:
+                best[i] = (rank, code, m.start(), m.end())
     out: dict[str, tuple[str, int, int]] = {}
-    for sm in _SENTENCE.finditer(rationale):
-        sent = sm.group()
-        if _GUIDE_SUBJECT.search(sent) and not re.search(r"\bin\s+this\s+case\b|\bthe\s+(?:patient|applicant|injured\s+worker|employee)\b", sent, re.IGNORECASE):
-            continue
-        for code, rx in _REASON_RES:
-            m = rx.search(sent)
-            if m:
-                out.setdefault(code, (code, sm.start() + m.start(), sm.start() + m.end()))
-                break
+    for i in sorted(best):
+        _, code, a, b = best[i]
+        out.setdefault(code, (code, a, b))
     return sorted(out.values(), key=lambda h: h[1])
 
 

@@ -84,54 +84,62 @@ _KEEP_HYPHEN_PREFIXES = {
 _WORD = re.compile(r"\S+")
 
 
+_ODD_SPACE = re.compile(r"\s\s|[^\S ]")
+
+
 def normalize(text: str) -> Normalized:
     """Join PDF line breaks, drop page numbers/headers, fix hyphenation, fold whitespace.
 
     A line holding only spaces (the PDF exporters' paragraph gap) becomes "\\n"; every other line
-    break becomes one space, so a page break inside a sentence leaves no trace.
+    break becomes one space, so a page break inside a sentence leaves no trace. The map is kept
+    as linear pieces (a line, or a word where a line has odd spacing), so it costs little.
     """
-    words: list[tuple[int, str]] = []  # (orig_start, word)
-    seps: list[str] = []  # separator placed *before* words[i]
+    pieces: list[list] = []  # [orig_start, text]
+    seps: list[str] = []  # separator placed *before* pieces[i]
     pending = ""
-    lines = text.splitlines(keepends=True)
     lowered_text = None
     pos = 0
-    for line in lines:
+    for line in text.splitlines(keepends=True):
         start = pos
         pos += len(line)
         content = line.rstrip("\r\n")
-        if not content.strip():
-            if content and words:  # whitespace-only line with spaces: paragraph gap
+        stripped = content.strip()
+        if not stripped:
+            if content and pieces:  # whitespace-only line with spaces: paragraph gap
                 pending = "\n"
             continue
-        if _PAGE_LINE.match(content):
+        if len(stripped) < 80 and _PAGE_LINE.match(stripped):
             continue
-        first = True
-        for m in _WORD.finditer(content):
-            w = m.group()
-            if not words:
+        lead = len(content) - len(content.lstrip())
+        if _ODD_SPACE.search(stripped):
+            line_pieces = [(start + m.start(), m.group()) for m in _WORD.finditer(content)]
+            inner = " "
+        else:
+            line_pieces = [(start + lead, stripped)]
+            inner = " "
+        for k, (ostart, w) in enumerate(line_pieces):
+            if not pieces:
                 sep = ""
-            elif first:
+            elif k == 0:
                 sep = pending or " "
-                prev = words[-1][1]
+                prev = pieces[-1][1]
                 if sep == " " and prev.endswith("-") and len(prev) > 1 and prev[-2].isalpha() and w[0].islower():
                     if lowered_text is None:
                         lowered_text = text.lower()
-                    sep = _hyphen_join(prev, w, lowered_text)
+                    sep = _hyphen_join(prev.rsplit(" ", 1)[-1], w.split(" ", 1)[0], lowered_text)
             else:
-                sep = " "
+                sep = inner
             seps.append(sep)
-            words.append((start + m.start(), w))
-            first = False
+            pieces.append([ostart, w])
         pending = ""
     out: list[str] = []
     norm_starts: list[int] = []
     orig_starts: list[int] = []
     lengths: list[int] = []
     n = 0
-    for (ostart, w), sep in zip(words, seps):
+    for (ostart, w), sep in zip(pieces, seps):
         if sep == "DROP-HYPHEN":
-            # remove the trailing "-" of the previous word
+            # remove the trailing "-" of the previous piece
             out[-1] = out[-1][:-1]
             lengths[-1] -= 1
             n -= 1
@@ -143,8 +151,7 @@ def normalize(text: str) -> Normalized:
         orig_starts.append(ostart)
         lengths.append(len(w))
         n += len(w)
-    joined = "".join(out)
-    return Normalized(joined, norm_starts, orig_starts, lengths)
+    return Normalized("".join(out), norm_starts, orig_starts, lengths)
 
 
 def _hyphen_join(prev: str, nxt: str, lowered: str) -> str:

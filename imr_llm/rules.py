@@ -58,11 +58,12 @@ def rule_facts(lay: Layout, text: str) -> list[Fact]:
     for it in lay.items:
         p = f"items[{it.index}]"
         req = it.request
-        for name, hit in (("category", lx.categorize(req.text)), ("quantity", lx.quantity(req.text)), ("frequency", lx.frequency(req.text))):
+        cat = lx.categorize(req.text)
+        for name, hit in (("category", cat), ("quantity", lx.quantity(req.text)), ("frequency", lx.frequency(req.text))):
             h = _sub(req, hit)
             if h:
                 f.append(Fact(f"{p}.{name}", h[0], h[1], h[2]))
-        if not lx.categorize(req.text):
+        if not cat:
             f.append(Fact(f"{p}.category", "other", req.start, req.end))
         for reg, s, e in lx.body_regions(req.text):
             f.append(Fact(f"{p}.body_regions[]", reg, req.start + s, req.start + e))

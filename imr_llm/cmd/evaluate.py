@@ -31,6 +31,7 @@ def extraction(
     min_f1: Optional[float] = typer.Option(None, "--min-f1", help="exit 1 if micro F1 is below"),
     min_decision_accuracy: Optional[float] = typer.Option(None, "--min-decision-accuracy"),
     concurrency: int = typer.Option(8, "--concurrency", "-c"),
+    only: Optional[str] = typer.Option(None, "--only", help="letter-id glob, e.g. '00*' for the three real letters"),
     show: int = typer.Option(15, "--show-mismatches", help="mismatches to print (all are in the JSON/HTML)"),
 ) -> None:
     """Per-field precision/recall/F1, decision accuracy and grounding against gold records."""
@@ -39,7 +40,7 @@ def extraction(
     s = get_settings(model)
     if not (suite / "gold").is_dir():
         die(f"{suite}: no gold/ folder (a suite holds letters/ and gold/)")
-    sr = run_extraction(suite, s, concurrency)
+    sr = run_extraction(suite, s, concurrency, only)
     r = sr.report
     con = Console()
     t = Table("field", "P", "R", "F1", "tp", "fp", "fn", title=f"extraction eval · {r['model']} · {r['letters']} letters")

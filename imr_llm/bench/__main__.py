@@ -1,0 +1,299 @@
+"""Benchmarks: ``python -m imr_llm.bench corpus|serve|run``.
+
+    python -m imr_llm.bench corpus --n 100000 DIR        # deterministic synthetic letters
+    python -m imr_llm.bench serve --latency 0.5          # loopback OpenAI-compatible server
+    python -m imr_llm.bench run --n 100000 --out bench.json
+
+``run`` prints a table and writes JSON; record results in BENCHMARKS.md with the command.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cmd_corpus(a) -> None:
+    from .corpus import write_corpus
+
+    t = time.monotonic()
+    paths = write_corpus(Path(a.dir), a.n, a.seed)
+    print(f"wrote {len(paths)} letters to {a.dir} in {time.monotonic() - t:.1f} s")
+
+
+def cmd_serve(a) -> None:
+    from .server import FakeOpenAI, ServerConfig
+
+    srv = FakeOpenAI(ServerConfig(latency=a.latency, rate_limit=a.rate_limit, tokens_per_s=a.tokens_per_s)).start()
+    print(srv.base_url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        srv.stop()
+
+
+def bench_parse(corpus: list[Path]) -> dict:
+    """Load + normalise + layout parse + rules + grounding, one core."""
+    from ..extract import analyse, assemble
+    from ..load import read_letter
+
+    t0, c0 = time.monotonic(), _cpu()
+    n = 0
+    for p in corpus:
+        letter = read_letter(p)
+        assemble(letter, analyse(letter))
+        n += 1
+    wall = time.monotonic() - t0
+    return {"letters": n, "wall_s": round(wall, 2), "letters_per_s": round(n / wall, 1), "cpu_s": round(_cpu() - c0, 2)}
+
+
+def _start_server(latency: float) -> tuple[subprocess.Popen, str]:
+    p = subprocess.Popen([sys.executable, "-m", "imr_llm.bench", "serve", "--latency", str(latency)],
+                         stdout=subprocess.PIPE, text=True)
+    url = p.stdout.readline().strip()
+    return p, url
+
+
+def bench_extract(corpus: list[Path], concurrency: int, latency: float, data_dir: Path, url: str) -> dict:
+    """Letters/s through real HTTP + openai + instructor against the loopback server."""
+    from ..batch import Extractor, run
+    from ..config import Settings
+    from ..llm import Provider
+
+    s = Settings(provider="compatible", model="bench", base_url=url, api_key="x", data_dir=data_dir, max_retries=2, timeout=30)
+    ex = Extractor(s, Provider(s))
+    t0, c0 = time.monotonic(), _cpu()
+    totals = asyncio.run(run([str(p) for p in corpus], ex, data_dir / "out.jsonl", None, concurrency))
+    wall = time.monotonic() - t0
+    cpu = _cpu() - c0
+    ex.cache.close()
+    rate = totals.ok / wall
+    ideal = concurrency / latency
+    return {"concurrency": concurrency, "letters": totals.ok, "failed": totals.failed, "wall_s": round(wall, 2),
+            "letters_per_s": round(rate, 1), "ideal_letters_per_s": round(ideal, 1), "share_of_ideal": round(rate / ideal, 3),
+            "tool_cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3), "llm_calls": totals.calls}
+
+
+def bench_rerun(corpus: list[Path], data_dir: Path, url: str) -> dict:
+    from ..batch import Extractor, run
+    from ..config import Settings
+    from ..llm import Provider
+
+    s = Settings(provider="compatible", model="bench", base_url=url, api_key="x", data_dir=data_dir)
+    ex = Extractor(s, Provider(s))
+    t0 = time.monotonic()
+    totals = asyncio.run(run([str(p) for p in corpus], ex, data_dir / "rerun.jsonl", None, 64))
+    wall = time.monotonic() - t0
+    return {"letters": totals.ok, "llm_calls": totals.calls, "from_cache": totals.cached, "wall_s": round(wall, 2),
+            "letters_per_s": round(totals.ok / wall, 1)}
+
+
+def bench_tokens(suite: Path) -> dict:
+    """Input/output tokens per letter: our call vs the naive one (whole letter + full record schema)."""
+    from .. import tokens
+    from ..extract import analyse, build_messages, response_model, system_prompt
+    from ..load import read_letter
+    from ..models import DecisionRecord
+    from .server import synthetic_arguments
+
+    ours_in, ours_out, naive_in, naive_out, n = 0, 0, 0, 0, 0
+    for p in sorted((suite / "letters").iterdir()):
+        letter = read_letter(p)
+        lay = analyse(letter)
+        msgs, _ = build_messages(lay)
+        schema = json.dumps(response_model(len(lay.items)).model_json_schema())
+        ours_in += sum(tokens.count(m["content"]) for m in msgs) + tokens.count(schema)
+        ours_out += tokens.count(json.dumps(synthetic_arguments(msgs[-1]["content"])))
+        full_schema = json.dumps(DecisionRecord.model_json_schema())
+        naive_in += tokens.count(system_prompt()) + tokens.count(letter.text) + tokens.count(full_schema)
+        from ..extract import assemble
+
+        rec = assemble(letter, lay).model_dump(mode="json", exclude={"evidence", "usage", "flags", "sha256", "text_sha256", "source_path", "layout"})
+        naive_out += tokens.count(json.dumps(rec))
+        n += 1
+    return {"letters": n, "ours_input_per_letter": ours_in // n, "naive_input_per_letter": naive_in // n,
+            "input_ratio": round(ours_in / naive_in, 3), "ours_output_per_letter": ours_out // n,
+            "naive_output_per_letter": naive_out // n, "output_ratio": round(ours_out / naive_out, 3)}
+
+
+def bench_index(records: Path, data_dir: Path, queries: int = 200) -> dict:
+    from ..index import Filters, open_for_rebuild
+    from ..models import DecisionRecord
+    from ..retrieve import Retriever
+
+    t0 = time.monotonic()
+    idx = open_for_rebuild(data_dir, "wordllama")
+
+    def recs():
+        with open(records) as f:
+            for line in f:
+                yield DecisionRecord.model_validate_json(line)
+
+    st = idx.add(recs(), batch=2048)
+    wall = time.monotonic() - t0
+    size = sum(f.stat().st_size for f in (data_dir / "index").rglob("*") if f.is_file())
+    r = Retriever(idx)
+    qs = ["why were physical therapy requests upheld after fusion", "facet blocks denied no radicular pain",
+          "opioids without urine drug screening", "acupuncture functional improvement", "MRI without neurologic findings",
+          "TENS unit adjunct functional restoration", "home exercise program transition", "cognitive behavioral therapy visits"]
+    r.search(qs[0], k=8)  # warm (load mirror, bm25)
+
+    def timed(filters) -> list[float]:
+        out = []
+        for i in range(queries):
+            t = time.perf_counter()
+            r.search(qs[i % len(qs)] + f" {i}", k=8, filters=filters)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    def pct(v, q):
+        return round(statistics.quantiles(v, n=100)[q - 1], 1)
+
+    unf = timed(None)
+    broad = timed(Filters(decision="Upheld"))  # ~85% of chunks
+    narrow = timed(Filters(decision="Overturned", category="acupuncture", region="lumbar"))
+    return {"letters": st["letters"], "chunks": st["chunks"], "index_wall_s": round(wall, 1),
+            "chunks_per_s": round(st["chunks"] / wall, 1), "disk_mb": round(size / 1e6, 1),
+            "unfiltered_p50_ms": pct(unf, 50), "unfiltered_p95_ms": pct(unf, 95),
+            "broad_filter_p50_ms": pct(broad, 50), "broad_filter_p95_ms": pct(broad, 95),
+            "narrow_filter_p50_ms": pct(narrow, 50), "narrow_filter_p95_ms": pct(narrow, 95)}
+
+
+def bench_cold_ask(data_dir: Path, runs: int = 5) -> dict:
+    env = {**os.environ, "IMR_DATA_DIR": str(data_dir)}
+    imr = shutil.which("imr", path=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    times = []
+    for _ in range(runs):
+        t = time.monotonic()
+        subprocess.run([imr, "ask", "why were physical therapy requests upheld after spinal fusion surgery?", "--json"],
+                       env=env, stdout=subprocess.DEVNULL, check=True)
+        times.append(time.monotonic() - t)
+    return {"runs": runs, "median_s": round(statistics.median(times), 2), "max_s": round(max(times), 2)}
+
+
+def cmd_run(a) -> None:
+    from .corpus import write_corpus
+
+    results: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+                     "date": time.strftime("%Y-%m-%d"), "n": a.n}
+    work = Path(a.work or tempfile.mkdtemp(prefix="imr-bench-"))
+    corpus_dir = work / "corpus"
+    if not corpus_dir.exists() or len(list(corpus_dir.glob("*.txt"))) < a.n:
+        shutil.rmtree(corpus_dir, ignore_errors=True)
+        t = time.monotonic()
+        write_corpus(corpus_dir, a.n, seed=7)
+        results["corpus_gen_s"] = round(time.monotonic() - t, 1)
+    corpus = sorted(corpus_dir.glob("*.txt"))[: a.n]
+    steps = set(a.steps.split(","))
+    table = []
+    if "parse" in steps:
+        r = bench_parse(corpus[: min(len(corpus), a.parse_n)])
+        results["parse"] = r
+        table.append(("1 parse+rules+ground, 1 core", f"{r['letters_per_s']} letters/s", ">= 500"))
+    if "tokens" in steps:
+        r = bench_tokens(Path(__file__).resolve().parents[2] / "evals")
+        results["tokens"] = r
+        table.append(("3 input tokens vs naive", f"{r['input_ratio']:.0%}", "<= 60%"))
+        table.append(("3 output tokens vs naive", f"{r['output_ratio']:.0%}", "<= 50%"))
+    if "extract" in steps or "rerun" in steps:
+        proc, url = _start_server(a.latency)
+        try:
+            if "extract" in steps:
+                results["extract"] = []
+                for c in [int(x) for x in a.concurrency.split(",")]:
+                    n = min(len(corpus), max(40, int(c / a.latency * a.seconds)))
+                    d = work / f"extract-c{c}"
+                    shutil.rmtree(d, ignore_errors=True)
+                    r = bench_extract(corpus[:n], c, a.latency, d, url)
+                    results["extract"].append(r)
+                    table.append((f"2 extract c={c}, {a.latency}s latency", f"{r['letters_per_s']} letters/s ({r['share_of_ideal']:.0%} of ideal, tool CPU {r['tool_cpu_share']:.0%})", ">= 80%"))
+            if "rerun" in steps:
+                d = work / "rerun"
+                shutil.rmtree(d, ignore_errors=True)
+                proc.kill()
+                proc, url = _start_server(0.0)
+                first = bench_extract(corpus, 64, 0.001, d, url)
+                second = bench_rerun(corpus, d, url)
+                results["full_run"] = first
+                results["rerun"] = second
+                results["peak_rss_mb"] = round(_rss_mb(), 1)
+                table.append((f"2 full run {len(corpus)} letters, c=64, no latency", f"{first['letters_per_s']} letters/s, peak RSS {results['peak_rss_mb']} MB", "flat memory"))
+                table.append((f"4 re-run unchanged {len(corpus)} letters", f"{second['wall_s']} s, {second['llm_calls']} LLM calls", "<= 60 s, 0 calls"))
+        finally:
+            proc.kill()
+    if "index" in steps:
+        recs = work / "rerun" / "rerun.jsonl"
+        if not recs.exists():
+            recs = work / "records.jsonl"
+            from ..batch import Extractor, run
+            from ..config import Settings
+
+            s = Settings(data_dir=work / "layout")
+            asyncio.run(run([str(p) for p in corpus], Extractor(s, None, use_cache=False), recs, None, 8))
+        r = bench_index(recs, work / "index-data")
+        results["index"] = r
+        table.append((f"5 index {r['chunks']} chunks (wordllama)", f"{r['chunks_per_s']} chunks/s, {r['disk_mb']} MB", ""))
+        table.append(("5 retrieval p50/p95 unfiltered", f"{r['unfiltered_p50_ms']}/{r['unfiltered_p95_ms']} ms", "p95 <= 50 ms"))
+        table.append(("5 retrieval p50/p95 broad filter", f"{r['broad_filter_p50_ms']}/{r['broad_filter_p95_ms']} ms", "p95 <= 100 ms"))
+        table.append(("5 retrieval p50/p95 narrow filter", f"{r['narrow_filter_p50_ms']}/{r['narrow_filter_p95_ms']} ms", "p95 <= 100 ms"))
+        if "ask" in steps:
+            r = bench_cold_ask(work / "index-data")
+            results["cold_ask"] = r
+            table.append(("6 imr ask cold start, no LLM", f"median {r['median_s']} s, max {r['max_s']} s", "<= 2 s"))
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("measure", "result", "target", title=f"imr-llm bench · {results['machine']} · n={a.n}")
+    for row in table:
+        t.add_row(*row)
+    Console().print(t)
+    Path(a.out).write_text(json.dumps(results, indent=1))
+    print(f"wrote {a.out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m imr_llm.bench")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("corpus")
+    c.add_argument("--n", type=int, default=1000)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("dir")
+    s = sub.add_parser("serve")
+    s.add_argument("--latency", type=float, default=0.5)
+    s.add_argument("--rate-limit", type=int, default=0)
+    s.add_argument("--tokens-per-s", type=float, default=0.0)
+    r = sub.add_parser("run")
+    r.add_argument("--n", type=int, default=2000)
+    r.add_argument("--parse-n", type=int, default=5000)
+    r.add_argument("--latency", type=float, default=0.5)
+    r.add_argument("--concurrency", default="1,8,32,64")
+    r.add_argument("--seconds", type=float, default=6.0, help="target duration of each concurrency level")
+    r.add_argument("--steps", default="parse,tokens,extract,rerun,index,ask")
+    r.add_argument("--work", default=None, help="work folder (kept; reused corpus)")
+    r.add_argument("--out", default="bench.json")
+    a = ap.parse_args()
+    {"corpus": cmd_corpus, "serve": cmd_serve, "run": cmd_run}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
