@@ -298,6 +298,19 @@ REASONS = [
 ]
 REASON_NAMES = [r for r, _ in REASONS] + ["other"]
 _REASON_RES = [(r, re.compile(p, re.IGNORECASE)) for r, p in REASONS]
+# Cheap literal pre-checks: a code's regex runs only if one of its words is in the text at all.
+_REASON_HINTS = {
+    "no_functional_improvement": ("functional", "progress", "improvement", "benefit", "response"),
+    "exceeds_guideline_visits": ("exceed", "excess", "beyond", "received", "completed", "had "),
+    "transition_to_home_program": ("home",),
+    "no_acute_flare": ("flare", "exacerbation", "new injur", "acute"),
+    "not_recommended_by_guideline": ("not recommended", "not support", "not supported"),
+    "no_objective_findings": ("objective", "physical", "neurolog", "dermatomal", "radicular"),
+    "contraindicated": ("contraindicat",),
+    "no_trial_of_conservative_care": ("conservative", "trial of"),
+    "long_term_use_not_supported": ("long-term", "long term", "longterm", "chronic use", "urine drug", "pain contract", "opioid agreement"),
+    "insufficient_documentation": ("document", "outlined", "discussed", "submitted", "clear", "progress note", "fail", "established", "demonstrated"),
+}
 
 APPROVAL = re.compile(r"\bis\s+medically\s+necessary\b|\bwas/is\s+medically\s+necessary|\bmedically\s+necessary\s+and\s+appropriate\b(?<!not medically necessary and appropriate)", re.IGNORECASE)
 
@@ -324,7 +337,10 @@ def reasons(rationale: str, decision: str | None) -> list[tuple[str, int, int]]:
             if _GUIDE_SUBJECT.search(rationale[a:b]) and not _CASE_SUBJECT.search(rationale[a:b])}
     starts = [a for a, _ in sents]
     best: dict[int, tuple[int, str, int, int]] = {}  # sentence -> (table rank, code, start, end)
+    low = rationale.lower()
     for rank, (code, rx) in enumerate(_REASON_RES):
+        if not any(h in low for h in _REASON_HINTS.get(code, ("",))):
+            continue
         for m in rx.finditer(rationale):
             i = bisect_right(starts, m.start()) - 1
             if i in skip or (i + 1 < len(starts) and m.end() > starts[i + 1]):

@@ -98,6 +98,8 @@ _PROC = re.compile(
     r"right|left|bilateral|total|partial|knee|hip|shoulder|decompression|and|[CLT]\d{1,2}-[CLTS]?\d{1,2}|arthroscopic|open|carpal|tunnel|"
     r"rotator|cuff|meniscal|anterior\s+cruciate|lumbosacral)[\s-]+){0,6}"
     + rf"(?:{_KW})(?:\s+and\s+(?:\w+\s+){{0,2}}?(?:{_KW}))?(?:\s+surgery)?)", re.IGNORECASE)
+_PROC_HINTS = ("fusion", "ectomy", "otomy", "plasty", "repair", "release", "reconstruction", "arthroscop", "orif", "acdf",
+               "decompression", "debridement", "replacement")
 _PAST = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|\bhad\b|history\s+of|performed|following|prior|previous|earlier|included", re.IGNORECASE)
 _LEVEL = re.compile(r"\b(?P<a>[CLT]\d{1,2})\s*(?:-|to|through)\s*(?P<b>[CLTS]?\d{1,2})\b")
 # a period ends a sentence before a space, the end, or a glued capitalised word ("2009.Medical")
@@ -123,7 +125,11 @@ def _summary_facts(sp: Span, want_doi: bool) -> list[Fact]:
                 f.append(Fact("date_of_injury", lx.parse_date(d), base + inj.start(), base + d.end()))
                 break
     seen: set[str] = set()
-    for rx, key in ((_DIAG_LIST, "diagnoses[]"), (_CLAIM_FOR, "diagnoses[]"), (_TREAT_LIST, "prior_treatments[]")):
+    low = t.lower()
+    for rx, key, hint in ((_DIAG_LIST, "diagnoses[]", "diagnos"), (_CLAIM_FOR, "diagnoses[]", "claim for"),
+                          (_TREAT_LIST, "prior_treatments[]", "treatment")):
+        if hint not in low:
+            continue
         for m in rx.finditer(t):
             g = "v" if m.group("v") else "v2"
             for part in _list_parts(m.group(g), m.start(g)):
@@ -161,9 +167,15 @@ def _list_parts(v: str, off: int) -> list[tuple[str, int, int]]:
 
 def _surgeries(t: str, base: int) -> list[Fact]:
     found: list[dict] = []
+    low = t.lower()
+    if not any(k in low for k in _PROC_HINTS):
+        return []
     for sm in _SENT.finditer(t):
         sent = sm.group()
-        if not _PAST.search(sent) and "surgery on" not in sent.lower():
+        ls = sent.lower()
+        if not any(k in ls for k in _PROC_HINTS):
+            continue
+        if not _PAST.search(sent) and "surgery on" not in ls:
             continue
         for pm in _PROC.finditer(sent):
             proc = pm.group("proc").strip()
