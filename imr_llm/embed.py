@@ -108,3 +108,38 @@ def make(spec: str | None = None, local_only: bool = False) -> Any:
                 raise ConfigError(f"IMR_LOCAL_ONLY is set: refusing embedding endpoint {url!r}")
             return OpenAIEmbedder(model, url, os.environ.get("IMR_API_KEY"))
     raise ConfigError(f"unknown embedder {spec!r}: use wordllama, openai:MODEL, compatible:MODEL or chroma-default")
+
+
+def chroma_function(spec: str):
+    """The embedder as a registered Chroma embedding function, so the collection's configuration
+    records which embedder wrote its vectors (imr still passes vectors explicitly)."""
+    from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
+    from chromadb.utils.embedding_functions import known_embedding_functions, register_embedding_function
+
+    if "imr_llm" not in known_embedding_functions:
+        @register_embedding_function
+        class ImrEmbeddingFunction(EmbeddingFunction[Documents]):
+            def __init__(self, spec: str = DEFAULT):
+                self.spec = spec
+                self._impl = None
+
+            def __call__(self, input: Documents) -> Embeddings:
+                if self._impl is None:
+                    self._impl = make(self.spec)
+                return list(self._impl(list(input)))
+
+            @staticmethod
+            def name() -> str:
+                return "imr_llm"
+
+            def default_space(self):
+                return "cosine"
+
+            def get_config(self) -> dict:
+                return {"spec": self.spec, "identity": identity(self.spec)}
+
+            @staticmethod
+            def build_from_config(config: dict) -> "ImrEmbeddingFunction":
+                return ImrEmbeddingFunction(config.get("spec", DEFAULT))
+
+    return known_embedding_functions["imr_llm"](spec)

@@ -257,7 +257,7 @@ class Index:
                 client = chroma_client(self.dir / "chroma")
                 self._collection = client.get_or_create_collection(
                     COLLECTION, metadata={"hnsw:space": "cosine", "embedder": self.identity, "imr_format": INDEX_FORMAT},
-                    embedding_function=None)
+                    embedding_function=emb.chroma_function(self.spec))
             except IndexError_:
                 raise
             except Exception as e:

@@ -36,6 +36,16 @@ def seeds():
 
 
 @pytest.fixture
+def seed_dir(tmp_path):
+    """A folder holding only the three real letters (evals/letters also holds synthetic ones)."""
+    d = tmp_path / "seed_letters"
+    d.mkdir()
+    for p in SEEDS.values():
+        (d / p.name).write_text(p.read_text())
+    return d
+
+
+@pytest.fixture
 def fake_server():
     """Factory: start a loopback OpenAI-compatible server; stopped after the test."""
     from imr_llm.bench.server import FakeOpenAI, ServerConfig

@@ -23,8 +23,8 @@ def _lines(p: Path) -> list[dict]:
     return [json.loads(x) for x in p.read_text().splitlines()]
 
 
-def test_extract_examples_without_a_model(tmp_path):
-    res = runner.invoke(app, ["extract", str(LETTERS), "--out", "out/r.jsonl", "--csv", "out/items.csv"])
+def test_extract_examples_without_a_model(tmp_path, seed_dir):
+    res = runner.invoke(app, ["extract", str(seed_dir), "--out", "out/r.jsonl", "--csv", "out/items.csv"])
     assert res.exit_code == 0, res.output
     assert "No model configured" in res.output  # the one clear notice
     recs = _lines(Path("out/r.jsonl"))
@@ -34,7 +34,7 @@ def test_extract_examples_without_a_model(tmp_path):
     assert rows[3]["case_number"] == "CM14-0095145" and rows[3]["quantity"] == "8"
     # idempotent: a re-run writes the identical file
     before = Path("out/r.jsonl").read_bytes()
-    assert runner.invoke(app, ["extract", str(LETTERS), "--out", "out/r.jsonl"]).exit_code == 0
+    assert runner.invoke(app, ["extract", str(seed_dir), "--out", "out/r.jsonl"]).exit_code == 0
     assert Path("out/r.jsonl").read_bytes() == before
 
 
@@ -47,7 +47,7 @@ def test_schema_command():
 def _bad_corpus(root: Path) -> Path:
     d = root / "mixed"
     d.mkdir()
-    for p in LETTERS.glob("0*.txt"):
+    for p in LETTERS.glob("00*.txt"):
         (d / p.name).write_text(p.read_text())
     (d / "empty.txt").write_bytes(b"")
     (d / "binary.txt").write_bytes(bytes(range(256)) * 10)
@@ -71,12 +71,12 @@ def test_bad_inputs_do_not_stop_the_batch(tmp_path):
     assert "Traceback" not in res.output
 
 
-def test_cache_makes_rerun_free_and_keys_never_leak(tmp_path, fake_server, monkeypatch):
+def test_cache_makes_rerun_free_and_keys_never_leak(tmp_path, fake_server, monkeypatch, seed_dir):
     srv = fake_server(mode="synthetic")
     secret = "sk-test-" + "S3CR3T" * 6
     monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
     monkeypatch.setenv("IMR_API_KEY", secret)
-    args = ["extract", str(LETTERS), "--model", "compatible:fake", "--out", "r.jsonl", "--csv", "i.csv"]
+    args = ["extract", str(seed_dir), "--model", "compatible:fake", "--out", "r.jsonl", "--csv", "i.csv"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     first = srv.stats.requests
@@ -94,7 +94,7 @@ def test_cache_makes_rerun_free_and_keys_never_leak(tmp_path, fake_server, monke
 def _corpus(root: Path, n: int) -> Path:
     d = root / "corpus"
     d.mkdir()
-    seeds = sorted(LETTERS.glob("0*.txt"))
+    seeds = sorted(LETTERS.glob("00*.txt"))
     for i in range(n):
         text = seeds[i % 3].read_text().replace("physical therapy", f"physical therapy (ref {i})", 1)
         (d / f"letter_{i:04d}.txt").write_text(text)

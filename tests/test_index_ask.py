@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from imr_llm.cli import app
 
-from .conftest import LETTERS
+
 
 runner = CliRunner()
 FUSION_LETTERS = {"CM14-0095145", "000_2fb87f21f9d4b91f"}  # 004 (header, case number) and 000
@@ -22,8 +22,8 @@ NO_FUSION = "001_21c8226c7447611c"
 
 
 @pytest.fixture
-def indexed():
-    res = runner.invoke(app, ["ingest", str(LETTERS)])
+def indexed(seed_dir):
+    res = runner.invoke(app, ["ingest", str(seed_dir)])
     assert res.exit_code == 0, res.output
     return Path(os.environ["IMR_DATA_DIR"])
 
@@ -114,7 +114,7 @@ def _free_port() -> int:
     return p
 
 
-def test_chroma_server_path(tmp_path, monkeypatch):
+def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
     import sys
     exe = shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     assert exe, "chroma CLI (ships with chromadb) not found"
@@ -130,7 +130,7 @@ def test_chroma_server_path(tmp_path, monkeypatch):
             except OSError:
                 time.sleep(0.2)
         monkeypatch.setenv("IMR_CHROMA_URL", f"http://127.0.0.1:{port}")
-        res = runner.invoke(app, ["ingest", str(LETTERS)])
+        res = runner.invoke(app, ["ingest", str(seed_dir)])
         assert res.exit_code == 0, res.output
         assert not (Path(os.environ["IMR_DATA_DIR"]) / "index" / "chroma").exists()  # vectors live on the server
         ans = ask_json("why were physical therapy requests upheld after spinal fusion surgery?")

@@ -89,5 +89,5 @@ def test_local_only_refuses_remote_before_sending(monkeypatch):
     monkeypatch.setenv("IMR_BASE_URL", "http://llm.lan.example:8000/v1")
     monkeypatch.setenv("IMR_PRIVATE_HOSTS", "llm.lan.example")
     assert settings("compatible:x").provider == "compatible"
-    res = runner.invoke(app, ["extract", str(LETTERS), "--model", "openai:gpt-4o-mini"])
+    res = runner.invoke(app, ["extract", str(LETTERS / "001_21c8226c7447611c.txt"), "--model", "openai:gpt-4o-mini"])
     assert res.exit_code == 2 and "IMR_LOCAL_ONLY" in res.output and "sk-test" not in res.output
