@@ -213,7 +213,26 @@ async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path 
     for w in (jw, cw):
         if w:
             w.commit()
+    if out:
+        write_errors(out, totals.errors)
     return totals
+
+
+def errors_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".errors.jsonl")
+
+
+def write_errors(out: Path, errors: list[str]) -> None:
+    """Failed letters with their reasons beside the output (removed when a run has none)."""
+    p = errors_path(out)
+    if not errors:
+        p.unlink(missing_ok=True)
+        return
+    w = AtomicWriter(p)
+    for e in errors:
+        path, _, reason = e.partition(": ")
+        w.f.write(json.dumps({"source_path": path, "error": reason}) + "\n")
+    w.commit()
 
 
 def dry_run(paths: Iterable[str], s: Settings) -> dict:

@@ -66,6 +66,21 @@ def _count(usage: Any) -> None:
     t.output_tokens += pout
 
 
+def _retrying(attempts: int, budget: int, sync: bool = False):
+    """Validation re-asks: at most ``attempts`` calls, and none once the letter has spent ``budget``
+    tokens (so a model that keeps answering invalid JSON cannot silently multiply the cost)."""
+    from tenacity import AsyncRetrying, Retrying, stop_after_attempt
+    from tenacity.stop import stop_base
+
+    class _Budget(stop_base):
+        def __call__(self, retry_state) -> bool:
+            t = CURRENT.get()
+            return t is not None and t.input_tokens + t.output_tokens >= budget
+
+    cls = Retrying if sync else AsyncRetrying
+    return cls(stop=stop_after_attempt(attempts) | _Budget(), reraise=True)
+
+
 class LLMError(Exception):
     """The model could not produce a valid answer after all retries (one-line reason)."""
 
@@ -77,6 +92,7 @@ class Provider:
         s.check_local_only()
         self.s = s
         self.validation_retries = validation_retries if validation_retries is not None else int(os.environ.get("IMR_VALIDATION_RETRIES", 1))
+        self.token_budget = int(os.environ.get("IMR_LETTER_TOKEN_BUDGET", 20000))
         self._lock = threading.Lock()
         import instructor
 
@@ -106,7 +122,7 @@ class Provider:
             if self._client is not None:
                 return await self._client.chat.completions.create(
                     model=self.s.model, response_model=model, messages=messages,
-                    max_retries=self.validation_retries + 1, max_tokens=max_tokens, temperature=0)
+                    max_retries=_retrying(self.validation_retries + 1, self.token_budget), max_tokens=max_tokens, temperature=0)
             ctx = contextvars.copy_context()
             return await asyncio.to_thread(ctx.run, self._local, messages, model, max_tokens)
         except LLMError:
@@ -116,7 +132,8 @@ class Provider:
 
     def _local(self, messages: list[dict], model: type, max_tokens: int) -> Any:
         with self._lock:  # one in-process model, one generation at a time
-            obj = self._create(response_model=model, messages=messages, max_retries=self.validation_retries + 1,
+            obj = self._create(response_model=model, messages=messages,
+                               max_retries=_retrying(self.validation_retries + 1, self.token_budget, sync=True),
                                max_tokens=max_tokens, temperature=0)
         raw = getattr(obj, "_raw_response", None)
         _count(getattr(raw, "usage", None))

@@ -90,6 +90,8 @@ def _summary(t: batch.Totals, s, out: Path, csv: Optional[Path]) -> None:
     con.print(tab)
     for e in t.errors:
         print(f"error: {e}", file=sys.stderr)
+    if t.errors:
+        print(f"{len(t.errors)} letter(s) failed; listed with reasons in {batch.errors_path(out)}", file=sys.stderr)
 
 
 def schema() -> None:
