@@ -36,10 +36,32 @@ NO_MODEL_NOTICE = (
 
 @dataclass
 class Outcome:
+    """One letter's result: the JSONL line and a small summary (``meta``), or an error.
+
+    Cache hits carry only the stored line and meta: re-running a corpus never re-validates records.
+    """
     path: str
-    record: DecisionRecord | None = None
+    line: str | None = None
+    meta: dict | None = None
     error: str | None = None
     cached: bool = False
+    _record: DecisionRecord | None = None
+
+    @property
+    def record(self) -> DecisionRecord | None:
+        if self._record is None and self.line is not None:
+            self._record = DecisionRecord.model_validate_json(self.line)
+        return self._record
+
+
+def summarize(rec: DecisionRecord) -> tuple[str, dict]:
+    """The output line of a record and what the batch needs to know about it."""
+    u = rec.usage
+    line = rec.model_dump_json(exclude={"usage": {"cached"}})
+    meta = {"letter_id": rec.letter_id, "sha256": rec.sha256, "calls": u.calls, "in": u.input_tokens, "out": u.output_tokens,
+            "retry": u.retry_tokens, "cost": u.cost_usd, "flagged": any(not f.startswith("input:") for f in rec.flags),
+            "csv": csv_rows(rec)}
+    return line, meta
 
 
 @dataclass
@@ -56,23 +78,22 @@ class Totals:
     errors: list[str] = field(default_factory=list)
 
     def add(self, o: Outcome) -> None:
-        if o.record is None:
+        if o.line is None:
             self.failed += 1
             self.errors.append(o.error or f"{o.path}: unknown error")
             return
         self.ok += 1
-        u = o.record.usage
+        m = o.meta
         if o.cached:
             self.cached += 1
         else:
-            self.calls += u.calls
-            self.input_tokens += u.input_tokens
-            self.output_tokens += u.output_tokens
-            self.retry_tokens += u.retry_tokens
+            self.calls += m["calls"]
+            self.input_tokens += m["in"]
+            self.output_tokens += m["out"]
+            self.retry_tokens += m["retry"]
             if self.cost_usd is not None:
-                self.cost_usd = None if u.cost_usd is None and u.calls else self.cost_usd + (u.cost_usd or 0.0)
-        if any(not f.startswith("input:") for f in o.record.flags):
-            self.flagged += 1
+                self.cost_usd = None if m["cost"] is None and m["calls"] else self.cost_usd + (m["cost"] or 0.0)
+        self.flagged += int(m["flagged"])
 
 
 class Extractor:
@@ -96,9 +117,7 @@ class Extractor:
         letter = read_letter(path)
         rkey = key("record", letter.sha256, letter.path, self.s.label, self.prompt, SCHEMA_VERSION, __version__)
         if self.cache and (hit := self.cache.get(rkey)):
-            rec = DecisionRecord.model_validate(hit)
-            rec.usage.cached = True
-            return Outcome(path, rec, cached=True)
+            return Outcome(path, hit["line"], hit["meta"], cached=True)
         lay = analyse(letter)
         llm_out, usage, flags = None, Usage(provider=self.s.provider, model=self.s.model), []
         if self.provider is not None:
@@ -124,9 +143,10 @@ class Extractor:
                 if self.cache:
                     self.cache.put(lkey, "llm", {"output": llm_out.model_dump(mode="json"), "usage": usage.model_dump()})
         rec = assemble(letter, lay, llm_out, usage, flags)
+        line, meta = summarize(rec)
         if self.cache:
-            self.cache.put(rkey, "record", rec.model_dump(mode="json"))
-        return Outcome(path, rec)
+            self.cache.put(rkey, "record", {"line": line, "meta": meta})
+        return Outcome(path, line, meta, _record=rec)
 
 
 class AtomicWriter:
@@ -151,6 +171,19 @@ class AtomicWriter:
         if not self.f.closed:
             self.f.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def _dedupe_id(line: str, meta: dict, seen: dict[str, int]) -> tuple[str, list[dict]]:
+    """Keep letter ids unique in one output (the same file name in two folders)."""
+    rid = meta["letter_id"]
+    n = seen.get(rid, 0)
+    seen[rid] = n + 1
+    if not n:
+        return line, meta["csv"]
+    new = f"{rid}~{meta['sha256'][:8]}"
+    rec = json.loads(line)
+    rec["letter_id"] = new
+    return json.dumps(rec, separators=(",", ":"), ensure_ascii=False), [{**r, "letter_id": new} for r in meta["csv"]]
 
 
 def _alive(pid: str) -> bool:
@@ -183,16 +216,12 @@ async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path 
 
     def emit(o: Outcome) -> None:
         totals.add(o)
-        if o.record is not None:
-            rid = o.record.letter_id
-            n = seen_ids.get(rid, 0)
-            seen_ids[rid] = n + 1
-            if n:  # same file name in two folders: keep ids unique in one output
-                o.record.letter_id = f"{rid}~{o.record.sha256[:8]}"
+        if o.line is not None:
+            line, rows = _dedupe_id(o.line, o.meta, seen_ids)
             if jw:
-                jw.f.write(o.record.model_dump_json(exclude={"usage": {"cached"}}) + "\n")
+                jw.f.write(line + "\n")
             if cwriter:
-                cwriter.writerows(csv_rows(o.record))
+                cwriter.writerows(rows)
         if on_done:
             on_done(o)
 
@@ -288,3 +317,110 @@ def to_jsonable(t: Totals) -> dict:
 
 def dumps(x: dict) -> str:
     return json.dumps(x, indent=2)
+
+
+# --- several processes ---------------------------------------------------------------------------
+# One event loop tops out near one core (instructor + openai cost ~15 ms of CPU per call), so a
+# large batch can be split over worker processes. Worker k takes letters k, k+W, k+2W... and writes
+# its results in that order to a shard; the parent interleaves the shards back into input order.
+
+
+def _worker(k: int, workers: int, paths: list[str], s: Settings, shard: str, concurrency: int, progress) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
+    provider = Provider(s) if s.provider != "none" else None
+    ex = Extractor(s, provider)
+    mine = paths[k::workers]
+
+    def done(o: Outcome) -> None:
+        with progress.get_lock():
+            progress.value += 1
+
+    async def go() -> None:
+        sem = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(p: str) -> Outcome:
+            async with sem:
+                return await ex.one(p)
+
+        window: deque[asyncio.Task] = deque()
+        with open(shard, "w", encoding="utf-8") as f:
+            def emit(o: Outcome) -> None:
+                if o.line is None:
+                    f.write(json.dumps({"__error__": o.error}) + "\n")
+                else:
+                    f.write(json.dumps({"__meta__": o.meta, "cached": o.cached}) + "\n")
+                    f.write(o.line + "\n")
+                done(o)
+
+            for p in mine:
+                window.append(asyncio.create_task(one(p)))
+                while len(window) >= max(16, concurrency * 4):
+                    emit(await window.popleft())
+            while window:
+                emit(await window.popleft())
+
+    asyncio.run(go())
+
+
+def run_parallel(paths: list[str], s: Settings, out: Path, csv_path: Path | None, concurrency: int, workers: int,
+                 on_progress: Callable[[int], None] | None = None) -> Totals:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    progress = ctx.Value("i", 0)
+    tmpdir = out.parent / f".{out.name}.shards-{os.getpid()}"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    shards = [str(tmpdir / f"shard{k}.jsonl") for k in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(k, workers, paths, s, shards[k], max(1, concurrency // workers), progress))
+             for k in range(workers)]
+    totals = Totals()
+    try:
+        for p in procs:
+            p.start()
+        last = 0
+        while any(p.is_alive() for p in procs):
+            time.sleep(0.2)
+            if on_progress and progress.value != last:
+                on_progress(progress.value - last)
+                last = progress.value
+        if on_progress and progress.value != last:
+            on_progress(progress.value - last)
+        bad = [p.exitcode for p in procs if p.exitcode != 0]
+        if bad:
+            raise RuntimeError(f"worker process failed (exit codes {bad}); nothing written, rerun to resume from the cache")
+        jw = AtomicWriter(out)
+        cw = AtomicWriter(csv_path) if csv_path else None
+        cwriter = csv.DictWriter(cw.f, fieldnames=CSV_COLUMNS) if cw else None
+        if cwriter:
+            cwriter.writeheader()
+        files = [open(sh, encoding="utf-8") for sh in shards]
+        seen_ids: dict[str, int] = {}
+        for i, path in enumerate(paths):
+            f = files[i % workers]
+            head = json.loads(f.readline())
+            if "__error__" in head:
+                totals.failed += 1
+                totals.errors.append(head["__error__"])
+                continue
+            o = Outcome(path, f.readline().rstrip("\n"), head["__meta__"], cached=head["cached"])
+            totals.add(o)
+            line, rows = _dedupe_id(o.line, o.meta, seen_ids)
+            jw.f.write(line + "\n")
+            if cwriter:
+                cwriter.writerows(rows)
+        for f in files:
+            f.close()
+        jw.commit()
+        if cw:
+            cw.commit()
+        write_errors(out, totals.errors)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        import shutil
+
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return totals

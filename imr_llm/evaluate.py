@@ -149,7 +149,7 @@ def run_extraction(suite: Path, s, concurrency: int = 8, only: str | None = None
     records, texts, failures = [], {}, []
     for o in done:
         lid = Path(o.path).stem
-        if o.record is None:
+        if o.line is None:
             failures.append(o.error)
             rec = {"letter_id": lid, "items": []}
         else:

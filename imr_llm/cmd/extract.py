@@ -24,6 +24,7 @@ def extract(
     csv: Optional[Path] = typer.Option(None, "--csv", help="also write one flat row per disputed item"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL (openai:gpt-4o-mini, compatible:NAME, llama-cpp:FILE.gguf, none); default IMR_MODEL or none"),
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=256),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=64, help="processes sharing the concurrency (one event loop tops out near one core)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print letters, tokens and estimated cost; call nothing"),
     no_cache: bool = typer.Option(False, "--no-cache", help="ignore and do not fill the cache"),
     local_only: bool = typer.Option(False, "--local-only", help="refuse any provider not on this machine or a private URL"),
@@ -50,7 +51,7 @@ def extract(
     provider = None
     if s.provider == "none":
         notice(batch.NO_MODEL_NOTICE)
-    else:
+    elif workers == 1:  # with workers each process starts its own
         from ..llm import LLMError, Provider
         try:
             provider = Provider(s)
@@ -58,6 +59,10 @@ def extract(
             if debug:
                 traceback.print_exc()
             die(f"cannot start model {s.label}: {e}")
+    if workers > 1 and s.provider == "llama-cpp":
+        die("--workers > 1 would load the in-process model once per worker; use --workers 1 (llama.cpp already uses every core)")
+    if workers > 1 and no_cache:
+        die("--workers > 1 needs the cache (it is how shards resume); drop --no-cache")
     ex = batch.Extractor(s, provider, use_cache=not no_cache)
     if debug:
         async def loud(p: str):  # re-raise inside for a traceback
@@ -65,10 +70,18 @@ def extract(
         ex.one = loud  # type: ignore[method-assign]
     cb, stop = batch.progress_callback(len(files))
     try:
-        totals = asyncio.run(batch.run(files, ex, out, csv, concurrency, cb))
+        if workers > 1:
+            if ex.cache:
+                ex.cache.close()
+            totals = batch.run_parallel(files, s, out, csv, concurrency, workers, lambda n: [cb(None) for _ in range(n)])
+        else:
+            totals = asyncio.run(batch.run(files, ex, out, csv, concurrency, cb))
     except KeyboardInterrupt:
         stop()
         die("interrupted: nothing written; finished letters are cached, rerun the same command to resume", 130)
+    except RuntimeError as e:
+        stop()
+        die(str(e), 1)
     finally:
         stop()
     _summary(totals, s, out, csv)

@@ -41,6 +41,7 @@ def ingest(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="records file (default DATA_DIR/records.jsonl)"),
     model: Optional[str] = typer.Option(None, "--model", "-m"),
     concurrency: int = typer.Option(8, "--concurrency", "-c"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=64),
     rebuild: bool = typer.Option(False, "--rebuild"),
     local_only: bool = typer.Option(False, "--local-only"),
 ) -> None:
@@ -51,8 +52,8 @@ def ingest(
     out = out or (s.data_dir / "records.jsonl")
     code = 0
     try:
-        extract(paths, out=out, csv=None, model=model, concurrency=concurrency, dry_run=False, no_cache=False,
-                local_only=local_only, debug=False)
+        extract(paths, out=out, csv=None, model=model, concurrency=concurrency, workers=workers, dry_run=False,
+                no_cache=False, local_only=local_only, debug=False)
     except typer.Exit as e:
         code = e.exit_code
         if code not in (0, 1) or not out.exists():
