@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import json
 import os
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -96,6 +98,19 @@ class Totals:
         self.flagged += int(m["flagged"])
 
 
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the package's source: a finished record is only reused by the code that made it
+    (the LLM answer cache is keyed separately, by text, model, prompt and schema version)."""
+    h = hashlib.sha256(__version__.encode())
+    root = Path(__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        if "bench" not in f.parts and "cmd" not in f.parts:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 class Extractor:
     def __init__(self, s: Settings, provider: Provider | None = None, use_cache: bool = True):
         self.s = s
@@ -115,7 +130,7 @@ class Extractor:
 
     async def _one(self, path: str) -> Outcome:
         letter = read_letter(path)
-        rkey = key("record", letter.sha256, letter.path, self.s.label, self.prompt, SCHEMA_VERSION, __version__)
+        rkey = key("record", letter.sha256, letter.path, self.s.label, self.prompt, SCHEMA_VERSION, code_fingerprint())
         if self.cache and (hit := self.cache.get(rkey)):
             return Outcome(path, hit["line"], hit["meta"], cached=True)
         lay = analyse(letter)

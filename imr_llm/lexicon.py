@@ -322,13 +322,16 @@ _GUIDE_SUBJECT = re.compile(r"^\s*(?:The\s+)?(?:California\s+)?(?:CA\s+)?(?:MTUS
                             r"|^\s*(?:As\s+stated|Per|According\s+to)\b[^.]*\b(?:Guidelines?|MTUS|ODG|ACOEM)\b", re.IGNORECASE)
 
 
+_GENERIC_REASON = "insufficient_documentation"
 _CASE_SUBJECT = re.compile(r"\bin\s+this\s+case\b|\bthe\s+(?:patient|applicant|injured\s+worker|employee)\b", re.IGNORECASE)
 
 
 def reasons(rationale: str, decision: str | None) -> list[tuple[str, int, int]]:
-    """Normalised denial reasons of a rationale: one code per sentence (first in table order).
+    """Normalised denial reasons of a rationale, first evidence of each code.
 
-    Empty for approvals; sentences that describe the guideline itself are skipped.
+    A phrase counts for one code (first in table order); the generic insufficient_documentation
+    counts only in a sentence with no specific code. Empty for approvals; sentences that describe
+    the guideline itself (not this case) are skipped.
     """
     if decision and decision.lower().startswith("overturn"):
         return []
@@ -336,21 +339,25 @@ def reasons(rationale: str, decision: str | None) -> list[tuple[str, int, int]]:
     skip = {i for i, (a, b) in enumerate(sents)
             if _GUIDE_SUBJECT.search(rationale[a:b]) and not _CASE_SUBJECT.search(rationale[a:b])}
     starts = [a for a, _ in sents]
-    best: dict[int, tuple[int, str, int, int]] = {}  # sentence -> (table rank, code, start, end)
+    per_sentence: dict[int, list[tuple[str, int, int]]] = {}
     low = rationale.lower()
-    for rank, (code, rx) in enumerate(_REASON_RES):
+    for code, rx in _REASON_RES:
         if not any(h in low for h in _REASON_HINTS.get(code, ("",))):
             continue
         for m in rx.finditer(rationale):
             i = bisect_right(starts, m.start()) - 1
             if i in skip or (i + 1 < len(starts) and m.end() > starts[i + 1]):
                 continue  # guideline description, or a match running across sentences
-            if i not in best or rank < best[i][0]:
-                best[i] = (rank, code, m.start(), m.end())
+            hits = per_sentence.setdefault(i, [])
+            if any(c == code or not (m.end() <= a or m.start() >= b) for c, a, b in hits):
+                continue  # one code per phrase, first in table order
+            hits.append((code, m.start(), m.end()))
     out: dict[str, tuple[str, int, int]] = {}
-    for i in sorted(best):
-        _, code, a, b = best[i]
-        out.setdefault(code, (code, a, b))
+    for i in sorted(per_sentence):
+        hits = per_sentence[i]
+        specific = [h for h in hits if h[0] != _GENERIC_REASON]
+        for code, a, b in sorted(specific or hits, key=lambda h: h[1]):  # the generic code only alone
+            out.setdefault(code, (code, a, b))
     return sorted(out.values(), key=lambda h: h[1])
 
 
