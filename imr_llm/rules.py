@@ -93,6 +93,7 @@ _TREAT_LIST = re.compile(
 _LIST_SPLIT = re.compile(r",(?!\s*\d{4}\b)\s*(?:and\s+|or\s+)?|;\s*(?:and\s+)?")
 _KW = ("fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|"
        "release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement")
+_KW_RE = re.compile(_KW, re.IGNORECASE)
 _PROC = re.compile(
     r"(?P<proc>(?:(?:anterior|posterior|lateral|interbody|single|one|two|three|multi|\w+-level|level|spinal|lumbar|cervical|thoracic|"
     r"right|left|bilateral|total|partial|knee|hip|shoulder|decompression|and|[CLT]\d{1,2}-[CLTS]?\d{1,2}|arthroscopic|open|carpal|tunnel|"
@@ -144,9 +145,8 @@ def _summary_facts(sp: Span, want_doi: bool) -> list[Fact]:
 
 def _list_parts(v: str, off: int) -> list[tuple[str, int, int]]:
     parts = []
-    pos = 0
     pieces = list(_LIST_SPLIT.finditer(v))
-    bounds = [(pos, pieces[0].start())] if pieces else []
+    bounds = [(0, pieces[0].start())] if pieces else []
     for a, b in zip(pieces, pieces[1:]):
         bounds.append((a.end(), b.start()))
     if pieces:
@@ -182,8 +182,9 @@ def _surgeries(t: str, base: int) -> list[Fact]:
             proc = re.sub(r"^(?:and|level)\s+", "", proc, flags=re.IGNORECASE)
             if proc.lower() in ("decompression", "release", "repair", "replacement") and not re.search(r"surgery|status post|underw", sent, re.I):
                 continue
-            ps = sm.start() + sent.index(proc, pm.start("proc"))
-            key = re.findall(r"fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement", proc, re.I)[-1].lower()
+            local = sent.index(proc, pm.start("proc"))
+            ps = sm.start() + local
+            key = _KW_RE.findall(proc)[-1].lower()  # the head noun: "decompression and fusion" -> fusion
             after = sent[pm.end():]
             d = None
             dm = re.match(r"\s*(?:surgery\s+)?(?:at\s+[^,.]{1,30}?\s+)?(?:on|dated|in)\s+", after)
@@ -197,9 +198,9 @@ def _surgeries(t: str, base: int) -> list[Fact]:
                 b = lv.group("b")
                 b = b if b[0].isalpha() else lv.group("a")[0] + b
                 level = (f"{lv.group('a')}-{b}".upper(), sm.start() + lv.start(), sm.start() + lv.end())
-            regs = lx.body_regions(proc) or lx.body_regions(sent)
-            reg = (regs[0][0], sm.start() + (sent.index(proc, pm.start("proc")) if lx.body_regions(proc) else 0) + regs[0][1],
-                   sm.start() + (sent.index(proc, pm.start("proc")) if lx.body_regions(proc) else 0) + regs[0][2]) if regs else None
+            in_proc = lx.body_regions(proc)
+            regs, off = (in_proc, ps) if in_proc else (lx.body_regions(sent), sm.start())
+            reg = (regs[0][0], off + regs[0][1], off + regs[0][2]) if regs else None
             entry = {"key": key, "proc": (proc, ps, ps + len(proc)), "date": d, "level": level, "region": reg}
             merged = False
             for prev in found:
