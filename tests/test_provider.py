@@ -91,3 +91,22 @@ def test_local_only_refuses_remote_before_sending(monkeypatch):
     assert settings("compatible:x").provider == "compatible"
     res = runner.invoke(app, ["extract", str(LETTERS / "001_21c8226c7447611c.txt"), "--model", "openai:gpt-4o-mini"])
     assert res.exit_code == 2 and "IMR_LOCAL_ONLY" in res.output and "sk-test" not in res.output
+
+
+def test_batch_api_submit_resume_collect(fake_server, monkeypatch, seed_dir):
+    srv = fake_server(mode="synthetic", batch_polls=2)
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    args = ["extract", str(seed_dir), "--model", "compatible:fake", "--batch-api", "--poll", "0.05", "--out", "r.jsonl"]
+    res = runner.invoke(app, args + ["--no-wait"])  # submit only
+    assert res.exit_code == 0 and "submitted batch batch_1 with 3 letters" in res.output
+    assert not Path("r.jsonl").exists() and srv.stats.faults == {"batch_api": 2}  # file upload + batch create
+    res = runner.invoke(app, args)  # resume: poll the same batch, collect, write records
+    assert res.exit_code == 0, res.output
+    assert "collected 3 answers from 1 batch" in res.output and len(srv.batches) == 1
+    recs = _records()
+    assert len(recs) == 3 and all(r.usage.calls == 1 for r in recs)
+    assert sum(v for k, v in srv.stats.by_status.items()) == srv.stats.requests
+    chat_calls = srv.stats.requests - srv.stats.faults["batch_api"]
+    assert chat_calls == 0  # no live call: every answer came from the batch
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "nothing to submit" in res.output and len(srv.batches) == 1

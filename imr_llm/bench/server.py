@@ -39,6 +39,7 @@ class ServerConfig:
     fault_script: list[str] = field(default_factory=list)  # faults to serve first, in order ("ok" = none)
     invent: bool = False
     seed: int = 0
+    batch_polls: int = 3  # a batch completes on this poll
 
 
 class Stats:
@@ -112,6 +113,8 @@ class FakeOpenAI:
             for f in sorted(Path(cfg.recorded_dir).glob("*.json")):
                 rec = json.loads(f.read_text())
                 self._recorded[rec["user_sha256"]] = rec
+        self.batches: dict[str, dict] = {}
+        self.files: dict[str, bytes] = {}
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -214,6 +217,10 @@ class FakeOpenAI:
             return 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}, {}
         if path.endswith("/chat/completions") and method == "POST":
             return await self._chat(json.loads(body or b"{}"))
+        res = self._batch_api(method, path, body, headers)
+        if res is not None:
+            self.stats.hit(res[0], "batch_api")
+            return res
         self.stats.hit(404)
         return 404, {"error": {"message": f"no route {method} {path}"}}, {}
 
@@ -243,6 +250,54 @@ class FakeOpenAI:
             await asyncio.sleep(payload["usage"]["completion_tokens"] / self.cfg.tokens_per_s)
         self.stats.hit(status, fault)
         return status, payload, {}
+
+    # -- Batch API: files upload/content and batches create/retrieve (completes after batch_polls polls)
+    def _batch_api(self, method: str, path: str, body: bytes, headers: dict):
+        parts = path.rstrip("/").split("/")
+        if path.endswith("/files") and method == "POST":
+            from email import policy
+            from email.parser import BytesParser
+
+            msg = BytesParser(policy=policy.HTTP).parsebytes(b"Content-Type: " + headers.get("content-type", "").encode() + b"\r\n\r\n" + body)
+            data, name = b"", "upload.jsonl"
+            for part in msg.iter_parts():
+                if part.get_param("name", header="content-disposition") == "file":
+                    data = part.get_payload(decode=True)
+                    name = part.get_filename() or name
+            fid = f"file-{len(self.files) + 1}"
+            self.files[fid] = data
+            return 200, {"id": fid, "object": "file", "bytes": len(data), "created_at": 0, "filename": name,
+                         "purpose": "batch", "status": "processed"}, {}
+        if len(parts) >= 2 and parts[-1] == "content" and parts[-3] == "files" and method == "GET":
+            return 200, self.files.get(parts[-2], b""), {}
+        if path.endswith("/batches") and method == "POST":
+            req = json.loads(body)
+            lines = [json.loads(x) for x in self.files[req["input_file_id"]].decode().splitlines() if x.strip()]
+            bid = f"batch_{len(self.batches) + 1}"
+            self.batches[bid] = {"obj": {"id": bid, "object": "batch", "endpoint": req["endpoint"], "input_file_id": req["input_file_id"],
+                                         "completion_window": req["completion_window"], "status": "validating", "created_at": 0,
+                                         "request_counts": {"total": len(lines), "completed": 0, "failed": 0}},
+                                 "lines": lines, "polls": 0}
+            return 200, self.batches[bid]["obj"], {}
+        if len(parts) >= 2 and parts[-2] == "batches" and method == "GET":
+            b = self.batches.get(parts[-1])
+            if b is None:
+                return 404, {"error": {"message": "no such batch"}}, {}
+            b["polls"] += 1
+            o, total = b["obj"], len(b["lines"])
+            if b["polls"] >= self.cfg.batch_polls and o["status"] != "completed":
+                out = []
+                for i, r in enumerate(b["lines"]):
+                    out.append({"id": f"req_{i}", "custom_id": r["custom_id"],
+                                "response": {"status_code": 200, "request_id": f"r{i}", "body": self.completion(r["body"])}, "error": None})
+                fid = f"file-{len(self.files) + 1}"
+                self.files[fid] = "".join(json.dumps(x) + "\n" for x in out).encode()
+                o.update(status="completed", output_file_id=fid, request_counts={"total": total, "completed": total, "failed": 0})
+            elif o["status"] != "completed":
+                done = min(total, total * b["polls"] // max(1, self.cfg.batch_polls))
+                o.update(status="in_progress", request_counts={"total": total, "completed": done, "failed": 0})
+            return 200, o, {}
+        return None
 
     def completion(self, req: dict, fault: str | None = None) -> dict:
         msgs = req.get("messages", [])

@@ -28,6 +28,9 @@ def extract(
     dry_run: bool = typer.Option(False, "--dry-run", help="print letters, tokens and estimated cost; call nothing"),
     no_cache: bool = typer.Option(False, "--no-cache", help="ignore and do not fill the cache"),
     local_only: bool = typer.Option(False, "--local-only", help="refuse any provider not on this machine or a private URL"),
+    batch_api: bool = typer.Option(False, "--batch-api", help="OpenAI Batch API: half price, up to 24 h; submit, poll, resume, collect"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="with --batch-api: submit and exit; rerun the same command to collect"),
+    poll: float = typer.Option(30.0, "--poll", help="with --batch-api: seconds between status checks"),
     debug: bool = typer.Option(False, "--debug", help="tracebacks instead of one-line errors"),
 ) -> None:
     """Extract one grounded decision record per letter."""
@@ -59,6 +62,13 @@ def extract(
             if debug:
                 traceback.print_exc()
             die(f"cannot start model {s.label}: {e}")
+    if batch_api:
+        if s.provider not in ("openai", "compatible"):
+            die("--batch-api needs an OpenAI(-compatible) provider with the Batch API: --model openai:MODEL")
+        if no_cache:
+            die("--batch-api stores answers in the cache: drop --no-cache")
+        if not _run_batch_api(files, s, poll, no_wait):
+            return
     if workers > 1 and s.provider == "llama-cpp":
         die("--workers > 1 would load the in-process model once per worker; use --workers 1 (llama.cpp already uses every core)")
     if workers > 1 and no_cache:
@@ -87,6 +97,36 @@ def extract(
     _summary(totals, s, out, csv)
     if totals.failed:
         raise typer.Exit(1)
+
+
+def _run_batch_api(files: list[str], s, poll: float, no_wait: bool) -> bool:
+    """Submit what is not answered yet, wait for every pending batch, collect. False = stop here."""
+    from .. import batchapi
+    from ..cache import Cache
+
+    cache = Cache(s.data_dir / "cache.sqlite")
+    try:
+        new = batchapi.submit(files, s, cache)
+        for st in new:
+            notice(f"submitted batch {st['batch_id']} with {len(st['requests'])} letters (state in {s.data_dir / 'batches'})")
+        if not batchapi.pending(s):
+            notice("every letter already has an answer; nothing to submit")
+            return True
+        if no_wait:
+            notice("not waiting (--no-wait): rerun the same command to poll and collect")
+            return False
+
+        def show(bid: str, done: int, total: int, status: str) -> None:
+            print(f"batch {bid}: {status}, {done}/{total} requests", file=sys.stderr)
+
+        stats = batchapi.wait_and_collect(s, cache, poll, show)
+        notice(f"collected {stats['answers']} answers from {stats['batches']} batch(es); {stats['failed']} failed "
+               f"(those letters are retried live below)")
+        for e in stats["errors"][:20]:
+            print(f"batch error: {e}", file=sys.stderr)
+        return True
+    finally:
+        cache.close()
 
 
 def _summary(t: batch.Totals, s, out: Path, csv: Optional[Path]) -> None:
