@@ -206,7 +206,14 @@ def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filter
         r = h.row
         passages.append(f"[{n}] {marker(r)} request: {r['request'] or 'clinical case summary'}; decision: {r['decision'] or '-'}\n{r['text']}")
     user = f"QUESTION: {question}\n\nPASSAGES:\n" + "\n\n".join(passages)
-    ans: LLMAnswer = asyncio.run(provider.extract([{"role": "system", "content": system}, {"role": "user", "content": user}], LLMAnswer, max_tokens=900))
+    async def go() -> LLMAnswer:
+        try:
+            return await provider.extract([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                          LLMAnswer, max_tokens=900)
+        finally:
+            await provider.aclose()  # each question runs in its own event loop
+
+    ans = asyncio.run(go())
     cites, removed, ok_sources = [], [], set()
     for c in ans.citations:
         if not 1 <= c.source <= len(hits):

@@ -254,6 +254,9 @@ async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path 
             if w:
                 w.abort()
         raise
+    finally:
+        if ex.provider is not None:
+            await ex.provider.aclose()
     for w in (jw, cw):
         if w:
             w.commit()
@@ -375,6 +378,8 @@ def _worker(k: int, workers: int, paths: list[str], s: Settings, shard: str, con
                     emit(await window.popleft())
             while window:
                 emit(await window.popleft())
+        if provider is not None:
+            await provider.aclose()
 
     asyncio.run(go())
 

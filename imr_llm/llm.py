@@ -96,8 +96,9 @@ class Provider:
         self._lock = threading.Lock()
         import instructor
 
-        mode = {"tools": instructor.Mode.TOOLS, "json": instructor.Mode.JSON, "md_json": instructor.Mode.MD_JSON,
-                "json_schema": instructor.Mode.JSON_SCHEMA}[s.mode]
+        self._mode = mode = {"tools": instructor.Mode.TOOLS, "json": instructor.Mode.JSON, "md_json": instructor.Mode.MD_JSON,
+                             "json_schema": instructor.Mode.JSON_SCHEMA}[s.mode]
+        self._raw = None
         if s.provider == "llama-cpp":
             try:
                 from llama_cpp import Llama
@@ -107,20 +108,37 @@ class Provider:
                                 verbose=False, seed=0)
             self._create = instructor.patch(create=self._llama.create_chat_completion_openai_v1, mode=mode)
             self._client = None
+            self._local_model = True
         else:
+            self._local_model = False
+            self._client = None  # made in the event loop that uses it (see _remote)
+
+    def _remote(self):
+        if self._client is None:
+            import instructor
             from openai import AsyncOpenAI
 
             # The SDK retries 408/409/429/5xx and connection errors with exponential backoff and
             # jitter, honouring Retry-After; max_retries bounds it.
-            raw = AsyncOpenAI(api_key=s.api_key, base_url=s.base_url, max_retries=s.max_retries, timeout=s.timeout)
-            self._client = instructor.from_openai(raw, mode=mode)
+            self._raw = AsyncOpenAI(api_key=self.s.api_key, base_url=self.s.base_url, max_retries=self.s.max_retries,
+                                    timeout=self.s.timeout)
+            self._client = instructor.from_openai(self._raw, mode=self._mode)
             self._client.on("completion:response", lambda resp: _count(getattr(resp, "usage", None)))
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close HTTP connections inside the event loop that opened them."""
+        if self._raw is not None:
+            await self._raw.close()
+        self._raw = None
+        if not self._local_model:
+            self._client = None
 
     async def extract(self, messages: list[dict], model: type, max_tokens: int | None = None) -> Any:
         max_tokens = max_tokens or self.s.max_output_tokens
         try:
-            if self._client is not None:
-                return await self._client.chat.completions.create(
+            if not self._local_model:
+                return await self._remote().chat.completions.create(
                     model=self.s.model, response_model=model, messages=messages,
                     max_retries=_retrying(self.validation_retries + 1, self.token_budget), max_tokens=max_tokens, temperature=0)
             ctx = contextvars.copy_context()

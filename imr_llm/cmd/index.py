@@ -52,8 +52,9 @@ def ingest(
     out = out or (s.data_dir / "records.jsonl")
     code = 0
     try:
+        # every option passed explicitly: typer's defaults are only filled in on the command line
         extract(paths, out=out, csv=None, model=model, concurrency=concurrency, workers=workers, dry_run=False,
-                no_cache=False, local_only=local_only, debug=False)
+                no_cache=False, local_only=local_only, batch_api=False, no_wait=False, poll=30.0, debug=False)
     except typer.Exit as e:
         code = e.exit_code
         if code not in (0, 1) or not out.exists():
