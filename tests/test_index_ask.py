@@ -140,3 +140,17 @@ def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_compatible_embedding_endpoint_and_no_mixing(seed_dir, fake_server, monkeypatch):
+    srv = fake_server(mode="synthetic")
+    monkeypatch.setenv("IMR_EMBED_BASE_URL", srv.base_url)
+    monkeypatch.setenv("IMR_EMBEDDER", "compatible:hash-embed")
+    res = runner.invoke(app, ["ingest", str(seed_dir)])
+    assert res.exit_code == 0, res.output
+    assert srv.stats.faults.get("embeddings", 0) >= 1 and "compatible:hash-embed@" in res.output
+    ans = ask_json("why were physical therapy requests upheld after spinal fusion surgery?")
+    assert {c["cite_id"] for c in ans["citations"]} == FUSION_LETTERS
+    monkeypatch.setenv("IMR_EMBEDDER", "wordllama")  # another embedder on the same index is refused
+    res = runner.invoke(app, ["index", str(Path(os.environ["IMR_DATA_DIR"]) / "records.jsonl")])
+    assert res.exit_code == 2 and "compatible:hash-embed" in res.output and "--rebuild" in res.output

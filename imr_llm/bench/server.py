@@ -84,6 +84,15 @@ def synthetic_arguments(user: str, invent: bool = False) -> dict:
     return out
 
 
+def hashed_embedding(text: str, dim: int = 64) -> list[float]:
+    """A deterministic bag-of-words vector (feature hashing): a real, if crude, embedding."""
+    v = [0.0] * dim
+    for w in re.findall(r"[a-z]{3,}", text.lower()):
+        h = int(hashlib.md5(w[:6].encode()).hexdigest(), 16)
+        v[h % dim] += 1.0 if (h >> 8) & 1 else -1.0
+    return v
+
+
 _PASSAGE = re.compile(r"^\[(\d+)\] [^\n]*\n([^\n]+)", re.MULTILINE)
 
 
@@ -217,6 +226,12 @@ class FakeOpenAI:
             return 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}, {}
         if path.endswith("/chat/completions") and method == "POST":
             return await self._chat(json.loads(body or b"{}"))
+        if path.endswith("/embeddings") and method == "POST":
+            req = json.loads(body or b"{}")
+            texts = req["input"] if isinstance(req["input"], list) else [req["input"]]
+            self.stats.hit(200, "embeddings")
+            return 200, {"object": "list", "model": req.get("model", "fake"), "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                         "data": [{"object": "embedding", "index": i, "embedding": hashed_embedding(t)} for i, t in enumerate(texts)]}, {}
         res = self._batch_api(method, path, body, headers)
         if res is not None:
             self.stats.hit(res[0], "batch_api")

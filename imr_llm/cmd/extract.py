@@ -51,28 +51,25 @@ def extract(
         if s.provider == "none":
             notice("no model chosen (--model or IMR_MODEL): a real run would make no LLM calls")
         return
+    if batch_api and s.provider not in ("openai", "compatible"):
+        die("--batch-api needs an OpenAI(-compatible) provider with the Batch API: --model openai:MODEL")
+    if (batch_api or workers > 1) and no_cache:
+        die("--batch-api and --workers need the cache (answers and finished letters are kept there): drop --no-cache")
+    if workers > 1 and s.provider == "llama-cpp":
+        die("--workers > 1 would load the in-process model once per worker; use --workers 1 (llama.cpp already uses every core)")
+    if batch_api and not _run_batch_api(files, s, poll, no_wait):
+        return
     provider = None
     if s.provider == "none":
         notice(batch.NO_MODEL_NOTICE)
     elif workers == 1:  # with workers each process starts its own
-        from ..llm import LLMError, Provider
+        from ..llm import Provider
         try:
             provider = Provider(s)
         except Exception as e:
             if debug:
                 traceback.print_exc()
             die(f"cannot start model {s.label}: {e}")
-    if batch_api:
-        if s.provider not in ("openai", "compatible"):
-            die("--batch-api needs an OpenAI(-compatible) provider with the Batch API: --model openai:MODEL")
-        if no_cache:
-            die("--batch-api stores answers in the cache: drop --no-cache")
-        if not _run_batch_api(files, s, poll, no_wait):
-            return
-    if workers > 1 and s.provider == "llama-cpp":
-        die("--workers > 1 would load the in-process model once per worker; use --workers 1 (llama.cpp already uses every core)")
-    if workers > 1 and no_cache:
-        die("--workers > 1 needs the cache (it is how shards resume); drop --no-cache")
     ex = batch.Extractor(s, provider, use_cache=not no_cache)
     if debug:
         async def loud(p: str):  # re-raise inside for a traceback
