@@ -271,6 +271,14 @@ class Index:
 
     # -- writing
     def add(self, records: Iterable[DecisionRecord], batch: int = 512, on_letter=None) -> dict:
+        try:
+            return self._add(records, batch, on_letter)
+        except BaseException:
+            self.store.db.rollback()  # never leave a half-written transaction holding the lock
+            raise
+
+    def _add(self, records: Iterable[DecisionRecord], batch: int, on_letter) -> dict:
+        self.embedder  # refuse a forbidden or broken embedder before writing anything
         self.store.set_meta("embedder", self.identity)
         self.store.set_meta("embedder_spec", self.spec)
         self.store.set_meta("schema_version", SCHEMA_VERSION)

@@ -154,3 +154,40 @@ def test_compatible_embedding_endpoint_and_no_mixing(seed_dir, fake_server, monk
     monkeypatch.setenv("IMR_EMBEDDER", "wordllama")  # another embedder on the same index is refused
     res = runner.invoke(app, ["index", str(Path(os.environ["IMR_DATA_DIR"]) / "records.jsonl")])
     assert res.exit_code == 2 and "compatible:hash-embed" in res.output and "--rebuild" in res.output
+
+
+def test_newer_schema_and_damaged_chroma_folder(indexed, monkeypatch):
+    import sqlite3
+    db = sqlite3.connect(indexed / "index" / "store.sqlite")
+    db.execute("UPDATE meta SET v='9.0' WHERE k='schema_version'")
+    db.commit()
+    db.close()
+    res = runner.invoke(app, ["ask", "why was therapy denied?"])
+    assert res.exit_code == 2 and "schema 9.0" in res.output and "--rebuild" in res.output
+    assert runner.invoke(app, ["index", "--rebuild", str(indexed / "records.jsonl")]).exit_code == 0
+    # a damaged Chroma folder: its database file overwritten
+    from imr_llm.index import _forget_chroma
+    _forget_chroma()
+    for f in (indexed / "index" / "chroma").glob("*.sqlite3"):
+        f.write_bytes(b"not a database" * 1000)
+    monkeypatch.setenv("IMR_DENSE", "chroma")  # make ask go through Chroma
+    res = runner.invoke(app, ["ask", "why was therapy denied?"])
+    assert res.exit_code == 2 and "Chroma" in res.output and "--rebuild" in res.output and "Traceback" not in res.output
+    _forget_chroma()
+    res = runner.invoke(app, ["index", "--rebuild", str(indexed / "records.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert ask_json("why was therapy denied?")["citations"]
+
+
+def test_local_only_refuses_remote_embedders(monkeypatch, seed_dir):
+    monkeypatch.setenv("IMR_LOCAL_ONLY", "1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefabcdefabcdef")
+    for spec, why in (("openai:text-embedding-3-small", "remote"), ("chroma-default", "downloads")):
+        monkeypatch.setenv("IMR_EMBEDDER", spec)
+        res = runner.invoke(app, ["ingest", str(seed_dir)])
+        assert res.exit_code == 2 and "IMR_LOCAL_ONLY" in res.output and why in res.output, res.output
+        assert "sk-test" not in res.output
+    monkeypatch.setenv("IMR_EMBEDDER", "compatible:x")
+    monkeypatch.setenv("IMR_EMBED_BASE_URL", "http://93.184.216.34/v1")
+    res = runner.invoke(app, ["ingest", str(seed_dir)])
+    assert res.exit_code == 2 and "refusing embedding endpoint" in res.output
