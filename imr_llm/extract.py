@@ -94,7 +94,8 @@ def build_messages(lay: Layout, model: str | None = None, budget: int = MAX_INPU
         return "\n\n".join(parts)
 
     body, truncated = render(None), False
-    if tokens.count(body, model) > budget:
+    # a token is never shorter than one character on average here: skip counting short letters
+    if len(body) > budget and tokens.count(body, model) > budget:
         truncated = True
         cut = 2000
         while cut > 200 and tokens.count(body := render(cut), model) > budget:
