@@ -94,8 +94,8 @@ def build_messages(lay: Layout, model: str | None = None, budget: int = MAX_INPU
         return "\n\n".join(parts)
 
     body, truncated = render(None), False
-    # a token is never shorter than one character on average here: skip counting short letters
-    if len(body) > budget and tokens.count(body, model) > budget:
+    # a BPE token covers at least one byte: a text of <= budget bytes cannot exceed the budget
+    if len(body.encode()) > budget and tokens.count(body, model) > budget:
         truncated = True
         cut = 2000
         while cut > 200 and tokens.count(body := render(cut), model) > budget:
