@@ -25,7 +25,7 @@ from .cache import Cache, key
 from .config import Settings, redact
 from .extract import PROMPT_VERSION, LLMExtraction, analyse, assemble, build_messages, response_model
 from .llm import CURRENT, LLMError, Provider, Tally, cost
-from .load import LetterError, read_letter
+from .load import LetterError, read_bytes, read_letter
 from .models import CSV_COLUMNS, SCHEMA_VERSION, DecisionRecord, Usage, csv_rows
 
 NO_MODEL_NOTICE = (
@@ -129,10 +129,14 @@ class Extractor:
             return Outcome(path, error=redact(f"{path}: internal error {type(e).__name__}: {str(e)[:200]} (rerun with --debug)"))
 
     async def _one(self, path: str) -> Outcome:
-        letter = read_letter(path)
-        rkey = key("record", letter.sha256, letter.path, self.s.label, self.prompt, SCHEMA_VERSION, code_fingerprint())
+        # The record key needs only the file's bytes: an unchanged letter is answered from the cache
+        # without decoding, normalising or (for a PDF) extracting its text again.
+        data = read_bytes(path)
+        rkey = key("record", hashlib.sha256(data).hexdigest(), str(Path(path)), self.s.label, self.prompt,
+                   SCHEMA_VERSION, code_fingerprint())
         if self.cache and (hit := self.cache.get(rkey)):
             return Outcome(path, hit["line"], hit["meta"], cached=True)
+        letter = read_letter(path, data)
         lay = analyse(letter)
         llm_out, usage, flags = None, Usage(provider=self.s.provider, model=self.s.model), []
         if self.provider is not None:

@@ -3,6 +3,8 @@
 Keys are sha256 of everything that determines the value (text hash, model, prompt version,
 schema version, code version), so a change to any of them is a cache miss, never a stale hit.
 Each ``put`` is its own committed transaction: a killed run keeps everything finished before it.
+Values are zlib-compressed JSON (a record with its evidence is ~30 KB of text, ~5 KB compressed);
+plain-text values written by 0.1.0 are still read.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import zlib
 from pathlib import Path
 
 
@@ -34,10 +37,13 @@ class Cache:
     def get(self, k: str) -> dict | None:
         with self._lock:
             row = self._db.execute("SELECT v FROM kv WHERE k=?", (k,)).fetchone()
-        return json.loads(row[0]) if row else None
+        if not row:
+            return None
+        v = row[0]
+        return json.loads(zlib.decompress(v) if isinstance(v, bytes) else v)
 
     def put(self, k: str, kind: str, value: dict) -> None:
-        data = json.dumps(value, separators=(",", ":"))
+        data = zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO kv (k, kind, v) VALUES (?,?,?)", (k, kind, data))
             self._db.commit()

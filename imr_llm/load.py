@@ -191,8 +191,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return list(found.values())
 
 
-def read_letter(path: str | Path) -> Letter:
-    """Read one ``.txt`` or ``.pdf`` letter; raise ``LetterError`` with a one-line reason."""
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes, or ``LetterError`` for a missing, empty or over-size file."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -203,9 +203,17 @@ def read_letter(path: str | Path) -> Letter:
     if size > MAX_BYTES:
         raise LetterError(path, f"file too large ({size / 1e6:.1f} MB > {MAX_BYTES / 1e6:.0f} MB limit; set IMR_MAX_BYTES)")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise LetterError(path, f"cannot read file ({e.strerror or e})") from None
+
+
+def read_letter(path: str | Path, data: bytes | None = None) -> Letter:
+    """Read one ``.txt`` or ``.pdf`` letter; raise ``LetterError`` with a one-line reason.
+    ``data``: the file's bytes when the caller has already read them (``read_bytes``)."""
+    path = Path(path)
+    if data is None:
+        data = read_bytes(path)
     sha = hashlib.sha256(data).hexdigest()
     notes: list[str] = []
     if data[:5] == b"%PDF-" or path.suffix.lower() == ".pdf":

@@ -5,9 +5,11 @@ import csv
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -88,6 +90,11 @@ def test_cache_makes_rerun_free_and_keys_never_leak(tmp_path, fake_server, monke
     for f in [Path("r.jsonl"), Path("i.csv"), *Path(os.environ["IMR_DATA_DIR"]).rglob("*")]:
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f
+    # cache values are compressed: a byte grep of the file alone would not see a leaked key
+    db = sqlite3.connect(Path(os.environ["IMR_DATA_DIR"]) / "cache.sqlite")
+    values = [zlib.decompress(v) if isinstance(v, bytes) else v.encode() for (v,) in db.execute("SELECT v FROM kv")]
+    db.close()
+    assert len(values) == 6 and all(secret.encode() not in v for v in values)  # 3 answers + 3 records
     assert secret not in res.output + res2.output
 
 

@@ -110,3 +110,31 @@ def test_batch_api_submit_resume_collect(fake_server, monkeypatch, seed_dir):
     assert chat_calls == 0  # no live call: every answer came from the batch
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "nothing to submit" in res.output and len(srv.batches) == 1
+
+
+def test_memoized_async_validator_check_still_refuses_async_validators():
+    """The speed-up (instructor's per-call type walk remembered per class) must not weaken the check."""
+    from instructor.v2.core import client as instructor_client
+    from instructor.v2.validation import async_validators as av
+    from pydantic import BaseModel
+
+    from imr_llm.extract import response_model
+    from imr_llm.llm import _memoize_async_validator_check
+
+    _memoize_async_validator_check()
+    check = av.reject_async_validators
+    assert getattr(check, "_imr_memo", False)
+    assert getattr(instructor_client, "reject_async_validators", check) is check
+    check(response_model(2))  # ours passes, and is remembered
+    check(response_model(2))
+
+    class Sneaky(BaseModel):
+        x: int = 0
+
+        @av.async_field_validator("x")
+        async def v(cls, value):  # noqa: N805
+            return value
+
+    for _ in range(2):  # refused every time, never remembered
+        with pytest.raises(ValueError, match="async validators"):
+            check(Sneaky)
