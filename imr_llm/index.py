@@ -118,6 +118,51 @@ class Filters:
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.__dict__.items() if v not in (None, False)) or "none"
 
+    def facet_mask(self, facets: dict) -> "np.ndarray":
+        """The chunks this filter keeps, as a boolean array in the lexical index's row order.
+
+        ``facets`` (``facets.npz``) holds each filterable column as codes into its distinct values,
+        so each predicate is ``match`` run once per distinct value, then a vectorised lookup: a
+        few milliseconds at 350k chunks, where a SQL scan plus an id loop took 300-600 ms."""
+        mask = None
+        for fname, col in FACET_FIELDS.items():
+            value = getattr(self, fname)
+            if value in (None, False):
+                continue
+            one = Filters(**{fname: value})
+            vocab = facets[f"{col}__vocab"]
+            ok = np.fromiter((one.match({col: _facet_value(col, v)}) for v in vocab), dtype=bool, count=len(vocab))
+            m = ok[facets[col]]
+            mask = m if mask is None else mask & m
+        return mask if mask is not None else np.ones(len(facets["decision"]), dtype=bool)
+
+
+# Filter field -> chunk column (the facets mirror stores these columns).
+FACET_FIELDS = {"decision": "decision", "category": "category", "region": "regions", "after_surgery": "had_surgery",
+                "fusion": "had_fusion", "licensed_outside_ca": "licensed_outside_ca", "license_state": "license_states",
+                "specialty": "specialties", "letter_id": "letter_id", "kind": "kind"}
+_INT_COLUMNS = {"had_surgery", "had_fusion", "licensed_outside_ca"}
+
+
+def _facet_value(col: str, v: str):
+    if col in _INT_COLUMNS:
+        return int(v) if v != "" else None
+    return v if v != "" else None
+
+
+def write_facets(db: sqlite3.Connection, path: Path) -> None:
+    """Each facet column, in chunk rowid order (the order of ``ids.json``), as codes + distinct values."""
+    cols = list(dict.fromkeys(FACET_FIELDS.values()))
+    rows = db.execute(f"SELECT {', '.join(cols)} FROM chunks ORDER BY rowid").fetchall()
+    out = {}
+    for k, col in enumerate(cols):
+        vals = np.array(["" if r[k] is None else str(r[k]) for r in rows], dtype=object)
+        vocab, codes = np.unique(vals.astype(str), return_inverse=True) if len(vals) else (np.array([], dtype=str), np.array([], dtype=np.int64))
+        out[col] = codes.astype(np.int32)
+        out[f"{col}__vocab"] = vocab
+    with open(path, "wb") as f:
+        np.savez(f, **out)
+
 
 class Store:
     """SQLite side of the index."""
@@ -346,6 +391,7 @@ class Index:
             bm.index(toks, show_progress=False)
             bm.save(str(tmp), show_progress=False)
         (tmp / "ids.json").write_text(json.dumps(ids))
+        write_facets(self.store.db, tmp / "facets.npz")
         old = self.dir / f"bm25.old-{os.getpid()}"
         if final.exists():
             final.rename(old)

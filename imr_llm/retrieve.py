@@ -1,8 +1,10 @@
 """Hybrid retrieval: Chroma dense + BM25, reciprocal rank fusion, filters, one-letter diversity.
 
-Filters are applied to over-fetched, unfiltered candidates using the SQLite store (Chroma's own
-``where`` is slow on broad filters at scale). When a filter is so selective that the candidates
-run dry, the allowed chunks are scored directly: their vectors fetched by id, BM25 with a mask.
+Filters: with the local mirror, a mask from the facets columns (``facets.npz``) restricts both
+the dense scores and BM25 in one pass. Otherwise (Chroma server, or an index built before the
+facets existed) filters are applied to over-fetched candidates using the SQLite store (Chroma's own
+``where`` is slow on broad filters at scale), and when the candidates run dry the allowed chunks
+are scored directly: their vectors fetched by id, BM25 with a mask.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class Retriever:
         self._pos: dict[str, int] = {}
         self._stemmer = None
         self._dense = None
+        self._facets: dict | None = None
 
     def _lexical(self):
         if self._bm is None:
@@ -49,6 +52,15 @@ class Retriever:
                           and (d / "dense.npy").exists())
             self._dense = np.load(d / "dense.npy", mmap_mode="r") if use_mirror else None
         return self._bm
+
+    def facets(self) -> dict | None:
+        """The facet columns (loaded on the first filtered query; only used with the local mirror)."""
+        self._lexical()
+        path = self.index.dir / "bm25" / "facets.npz"
+        if self._facets is None and self._dense is not None and path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                self._facets = {k: z[k] for k in z.files}
+        return self._facets
 
     def lexical(self, query: str, n: int, mask: np.ndarray | None = None) -> list[str]:
         bm = self._lexical()
@@ -93,9 +105,18 @@ class Retriever:
         filters = filters or Filters()
         qv = self.index.embedder([query])
         n = max(50, k * overfetch)
-        dense, lex = self.dense(qv, n), self.lexical(query, n)
-        rows = self.index.store.rows(set(dense) | set(lex))
-        if filters.active():
+        facets = self.facets() if filters.active() else None
+        if facets is not None:
+            mask = filters.facet_mask(facets).astype(np.float32)
+            dense, lex = (self.dense(qv, n, mask), self.lexical(query, n, mask)) if mask.any() else ([], [])
+            rows = self.index.store.rows(set(dense) | set(lex))
+            keep = {cid for cid, r in rows.items() if filters.match(r)}  # the store has the last word
+            dense = [c for c in dense if c in keep]
+            lex = [c for c in lex if c in keep]
+        else:
+            dense, lex = self.dense(qv, n), self.lexical(query, n)
+            rows = self.index.store.rows(set(dense) | set(lex))
+        if filters.active() and facets is None:
             keep = {cid for cid, r in rows.items() if filters.match(r)}
             if len({rows[c]["letter_id"] for c in keep}) < k:
                 where, args = filters.sql()

@@ -191,3 +191,48 @@ def test_local_only_refuses_remote_embedders(monkeypatch, seed_dir):
     monkeypatch.setenv("IMR_EMBED_BASE_URL", "http://93.184.216.34/v1")
     res = runner.invoke(app, ["ingest", str(seed_dir)])
     assert res.exit_code == 2 and "refusing embedding endpoint" in res.output
+
+
+def test_terminal_answer_shows_every_citation_marker(tmp_path, monkeypatch, seed_dir):
+    """Markers like "[acme_letter #2]" look like rich markup tags; they must be printed, not eaten."""
+    monkeypatch.setenv("COLUMNS", "240")
+    d = tmp_path / "letters"
+    d.mkdir()
+    shutil.copy(seed_dir / f"{NO_FUSION}.txt", d / "acme_letter.txt")
+    assert runner.invoke(app, ["ingest", str(d)]).exit_code == 0
+    ans = ask_json("why were acupuncture requests upheld?")
+    markers = {c["marker"] for c in ans["citations"]}
+    assert markers and all(m.startswith("[acme_letter #") for m in markers)
+    res = runner.invoke(app, ["ask", "why were acupuncture requests upheld?"])
+    assert res.exit_code == 0, res.output
+    for m in markers:
+        assert m in res.output
+    assert "text[start:end] == quote" in res.output
+    for c in ans["citations"]:
+        assert " ".join(c["quote"].split())[:60] in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("filters", [
+    {"decision": "Upheld"}, {"category": "acupuncture"}, {"region": "cervical"}, {"fusion": True},
+    {"decision": "upheld", "category": "physical_therapy", "region": "lumbar"}, {"licensed_outside_ca": False},
+    {"license_state": "california"}, {"kind": "summary"}, {"decision": "Overturned"},
+])
+def test_facet_masks_select_exactly_what_the_store_selects(indexed, filters):
+    """The fast path (facet columns beside the mirror) keeps exactly the chunks the SQL filter keeps."""
+    import sqlite3
+
+    import numpy as np
+
+    from imr_llm.index import Filters, Index
+    from imr_llm.retrieve import Retriever
+
+    f = Filters(**filters)
+    r = Retriever(Index(indexed, embedder=None))
+    facets = r.facets()
+    assert facets is not None
+    chosen = {r._ids[i] for i in np.flatnonzero(f.facet_mask(facets))}
+    where, args = f.sql()
+    db = sqlite3.connect(indexed / "index" / "store.sqlite")
+    assert chosen == {row[0] for row in db.execute(f"SELECT id FROM chunks WHERE {where}", args)}
+    hits = r.search("physical therapy functional improvement", k=6, filters=f)
+    assert all(f.match(h.row) for h in hits)

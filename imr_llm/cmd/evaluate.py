@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.markup import escape
 
 from .common import die, get_settings
 
@@ -53,16 +54,17 @@ def extraction(
               f"({r['values_kept']} kept, {r['values_dropped']} dropped) · LLM calls {r['llm_calls']} · "
               f"tokens {r['input_tokens']}/{r['output_tokens']} · {r['wall_s']} s")
     for m in r["mismatches"][:show]:
-        con.print(f"  [yellow]{m['letter']}[/yellow] {m['field']}: expected {json.dumps(m['expected'])} got {json.dumps(m['got'])}", highlight=False)
+        con.print(f"  [yellow]{escape(str(m['letter']))}[/yellow] {m['field']}: expected {escape(json.dumps(m['expected']))} "
+                  f"got {escape(json.dumps(m['got']))}", highlight=False)
     if len(r["mismatches"]) > show:
         con.print(f"  ... {len(r['mismatches']) - show} more in the report")
     for f in r["failed"]:
-        con.print(f"[red]failed:[/red] {f}")
+        con.print(f"[red]failed:[/red] {escape(str(f))}")
     path = _save(r, out, f"extraction-{s.label.replace('/', '_').replace(':', '_')}.json", s)
-    con.print(f"report: {path}")
+    con.print(f"report: {escape(str(path))}")
     if html_out:
         html_report(sr, html_out)
-        con.print(f"html: {html_out}")
+        con.print(f"html: {escape(str(html_out))}")
     if (min_f1 is not None and mi["f1"] < min_f1) or (min_decision_accuracy is not None and (r["decision_accuracy"] or 0) < min_decision_accuracy):
         die(f"below threshold: micro F1 {mi['f1']:.3f} (min {min_f1}), decision accuracy {r['decision_accuracy']} (min {min_decision_accuracy})", 1)
 
@@ -92,7 +94,7 @@ def qa(
     con.print(f"citation recall {r['citation_recall']} · precision {r['citation_precision']} · fact coverage {r['fact_coverage']} · "
               f"count exact {r['count_exact_match']} · must-not-cite violations {r['must_not_cite_violations']}")
     path = _save(r, out, f"qa-{s.label.replace('/', '_').replace(':', '_')}.json", s)
-    con.print(f"report: {path}")
+    con.print(f"report: {escape(str(path))}")
     if min_citation_recall is not None and (r["citation_recall"] or 0) < min_citation_recall:
         die(f"below threshold: citation recall {r['citation_recall']} (min {min_citation_recall})", 1)
 

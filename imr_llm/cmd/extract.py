@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import batch
 from ..load import LetterError, expand_inputs, read_letter
@@ -129,7 +130,7 @@ def _run_batch_api(files: list[str], s, poll: float, no_wait: bool) -> bool:
 def _summary(t: batch.Totals, s, out: Path, csv: Optional[Path]) -> None:
     con = Console(stderr=True)
     tab = Table(title="imr extract", show_header=False)
-    tab.add_row("records written", f"{t.ok} -> {out}" + (f" (+ {csv})" if csv else ""))
+    tab.add_row("records written", Text(f"{t.ok} -> {out}" + (f" (+ {csv})" if csv else "")))
     tab.add_row("failed letters", str(t.failed))
     tab.add_row("flagged for review", str(t.flagged))
     tab.add_row("model", s.label)
