@@ -23,7 +23,7 @@ from .segment import Layout, parse
 PROMPT_FILE = "extract_v2.md"
 # Part of every cache key: bump with the prompt file or with the answer types below (the schema is
 # part of what the model reads).
-PROMPT_VERSION = "extract-v2"
+PROMPT_VERSION = "extract-v2.1"  # v2.1: surgeries[].body_region no longer asked for
 MAX_INPUT_TOKENS = 6000
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
@@ -71,8 +71,7 @@ class LLMItem(BaseModel):
 
 
 class LLMSurgery(BaseModel):
-    procedure: str
-    body_region: Optional[Region]
+    procedure: str  # its body region is read from the letter (procedure, then quote), not asked for
     level: Optional[str] = Field(description="spinal level as written, e.g. L3-L4")
     date: Optional[str] = Field(description="as written")
     quote: str = Field(max_length=400)
@@ -224,12 +223,13 @@ def _add_surgery(asm: Assembler, fact: Fact) -> None:
         if lv:
             val["level"] = s.level.upper().replace(" ", "")
             spans.append((".level", lv[0], lv[1], lv[2], lv[3]))
-    if s.body_region and lx.region_supported(s.body_region, near):
-        m = next((h for h in lx.body_regions(near) if h[0] == s.body_region), None)
-        if m:
-            off = max(lo, qs - 50)
-            val["body_region"] = s.body_region
-            spans.append((".body_region", off + m[1], off + m[2], "exact", None))
+    for a, b in ((proc[0], proc[1]), (qs, qe)):  # "L3-L4 lumbar fusion" -> lumbar
+        regs = lx.body_regions(asm.text[a:b])
+        if regs:
+            reg, ra, rb = regs[0]
+            val["body_region"] = reg
+            spans.append((".body_region", a + ra, a + rb, "exact", None))
+            break
     asm.put(Fact("surgeries[]", val, origin="llm"), spans)
 
 
