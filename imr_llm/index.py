@@ -156,8 +156,7 @@ def write_facets(db: sqlite3.Connection, path: Path) -> None:
     rows = db.execute(f"SELECT {', '.join(cols)} FROM chunks ORDER BY rowid").fetchall()
     out = {}
     for k, col in enumerate(cols):
-        vals = np.array(["" if r[k] is None else str(r[k]) for r in rows], dtype=object)
-        vocab, codes = np.unique(vals.astype(str), return_inverse=True) if len(vals) else (np.array([], dtype=str), np.array([], dtype=np.int64))
+        vocab, codes = np.unique(np.array(["" if r[k] is None else str(r[k]) for r in rows], dtype=str), return_inverse=True)
         out[col] = codes.astype(np.int32)
         out[f"{col}__vocab"] = vocab
     with open(path, "wb") as f:

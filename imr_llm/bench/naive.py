@@ -10,33 +10,27 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
-from pydantic import BaseModel, Field
+from pydantic import Field, create_model
 
 from ..extract import PROMPTS_DIR
-from ..models import Claimant, Item, Reviewer, Surgery
+from ..models import DecisionRecord, Item
 
 PROMPT_FILE = "naive_baseline_v1.md"
 
 
-class NaiveRecord(BaseModel):
-    """The record's content fields (not evidence, usage, flags or file hashes, which no model can
-    know), with the same types and list bounds as ``DecisionRecord``."""
-
-    case_number: Optional[str] = None
-    date_assigned: Optional[str] = None
-    date_of_injury: Optional[str] = None
-    decision_date: Optional[str] = None
-    ur_denial_date: Optional[str] = None
-    application_received: Optional[str] = None
-    priority: Optional[str] = None
-    reviewer: Reviewer = Field(default_factory=Reviewer)
-    claimant: Claimant = Field(default_factory=Claimant)
-    diagnoses: list[str] = Field(default_factory=list, max_length=30)
-    surgeries: list[Surgery] = Field(default_factory=list, max_length=10)
-    prior_treatments: list[str] = Field(default_factory=list, max_length=30)
-    items: list[Item] = Field(default_factory=list, max_length=30)
+# The record's content fields (not evidence, usage, flags, file hashes or the layout's verbatim
+# summary, which no model needs to produce), with the record's own types and list bounds; items
+# gets a bound too, or a small model loops inside the list until max_tokens.
+_CONTENT = ("case_number", "date_assigned", "date_of_injury", "decision_date", "ur_denial_date", "application_received",
+            "priority", "reviewer", "claimant", "diagnoses", "surgeries", "prior_treatments")
+NaiveRecord = create_model(
+    "NaiveRecord",
+    __doc__="""The record's content fields (not evidence, usage, flags or file hashes, which no model can
+    know), with the same types and list bounds as ``DecisionRecord``.""",
+    **{k: (DecisionRecord.model_fields[k].annotation, DecisionRecord.model_fields[k]) for k in _CONTENT},
+    items=(list[Item], Field(default_factory=list, max_length=30)),
+)
 
 
 def naive_prompt() -> str:
