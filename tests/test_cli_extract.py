@@ -138,3 +138,27 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, fake_server):
     resumed, ref = Path("out.jsonl").read_text(), Path("ref.jsonl").read_text()
     assert resumed == ref and len(ref.splitlines()) == 60
     assert not list(Path(".").glob(".out.jsonl.tmp-*"))
+
+
+def test_workers_output_equals_single_process_output(tmp_path, fake_server):
+    """`--workers 2` shards letters over processes; the merged file equals a one-process run's,
+    in input order, with the CSV and the failures of the bad letters reported the same way."""
+    srv = fake_server(mode="synthetic")
+    d = _corpus(tmp_path, 40)
+    (d / "letter_0005.txt").write_text("")  # one failure, in the middle
+    env = {**os.environ, "IMR_BASE_URL": srv.base_url, "PYTHONPATH": str(ROOT)}
+    base = ["extract", str(d), "--model", "compatible:fake", "--concurrency", "8"]
+    p = _imr(base + ["--workers", "2", "--out", "w2.jsonl", "--csv", "w2.csv"], env)
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 1 and b"letter_0005.txt" in err and b"empty file" in err  # exits non-zero, names it
+    assert srv.stats.requests == 39
+    one_env = {**env, "IMR_DATA_DIR": str(tmp_path / "one")}
+    p = _imr(base + ["--workers", "1", "--out", "w1.jsonl", "--csv", "w1.csv"], one_env)
+    p.communicate(timeout=180)
+    assert p.returncode == 1 and srv.stats.requests == 78  # really ran again, in its own cache
+    w2, w1 = Path("w2.jsonl").read_text(), Path("w1.jsonl").read_text()
+    assert w2 == w1 and len(w1.splitlines()) == 39
+    assert [json.loads(x)["letter_id"] for x in w1.splitlines()] == [f"letter_{i:04d}" for i in range(40) if i != 5]
+    assert Path("w2.csv").read_text() == Path("w1.csv").read_text()
+    errs = [json.loads(x) for x in Path("w2.errors.jsonl").read_text().splitlines()]
+    assert len(errs) == 1 and "letter_0005.txt" in json.dumps(errs[0])
