@@ -198,9 +198,9 @@ class LLMAnswer(BaseModel):
 
 
 def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filters, model_label: str) -> AnswerResult:
-    from .extract import PROMPTS_DIR
+    from .extract import read_prompt
 
-    system = re.sub(r"<!--.*?-->\s*", "", (PROMPTS_DIR / PROMPT_FILE).read_text(), flags=re.DOTALL).strip()
+    system = read_prompt(PROMPT_FILE)
     passages = []
     for n, h in enumerate(hits, 1):
         r = h.row

@@ -102,9 +102,14 @@ def response_model(n_items: int) -> type[LLMExtraction]:
                                       items=(list[LLMItem], Field(min_length=n_items, max_length=n_items))))
 
 
-def system_prompt() -> str:
-    text = (PROMPTS_DIR / PROMPT_FILE).read_text(encoding="utf-8")
+def read_prompt(name: str) -> str:
+    """A prompt file from ``prompts/`` without its HTML comments (the version notes)."""
+    text = (PROMPTS_DIR / name).read_text(encoding="utf-8")
     return re.sub(r"<!--.*?-->\s*", "", text, flags=re.DOTALL).strip()
+
+
+def system_prompt() -> str:
+    return read_prompt(PROMPT_FILE)
 
 
 def build_messages(lay: Layout, model: str | None = None, budget: int = MAX_INPUT_TOKENS) -> tuple[list[dict], bool]:

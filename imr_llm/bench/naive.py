@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import Field, create_model
 
-from ..extract import PROMPTS_DIR
+from ..extract import read_prompt
 from ..models import DecisionRecord, Item
 
 PROMPT_FILE = "naive_baseline_v1.md"
@@ -34,8 +34,7 @@ NaiveRecord = create_model(
 
 
 def naive_prompt() -> str:
-    text = (PROMPTS_DIR / PROMPT_FILE).read_text(encoding="utf-8")
-    return text.split("-->", 1)[1].strip() if text.startswith("<!--") else text.strip()
+    return read_prompt(PROMPT_FILE)
 
 
 def naive_messages(letter_text: str) -> list[dict]:
