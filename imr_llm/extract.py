@@ -25,7 +25,6 @@ PROMPT_FILE = "extract_v2.md"
 # part of what the model reads).
 PROMPT_VERSION = "extract-v2.1"  # v2.1: surgeries[].body_region no longer asked for
 MAX_INPUT_TOKENS = 6000
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
 
 # --- what the model fills -----------------------------------------------------------------------
@@ -102,9 +101,20 @@ def response_model(n_items: int) -> type[LLMExtraction]:
                                       items=(list[LLMItem], Field(min_length=n_items, max_length=n_items))))
 
 
+def _prompt_dir():
+    """Installed: the package data ``imr_llm.prompts`` (pyproject maps it to ``prompts/``). From a
+    checkout (tests, ``python -m``) the top-level ``prompts/`` folder itself, where people edit them."""
+    checkout = Path(__file__).resolve().parent.parent / "prompts"
+    if (checkout / PROMPT_FILE).is_file() and (checkout.parent / "pyproject.toml").is_file():
+        return checkout
+    from importlib.resources import files
+
+    return files("imr_llm.prompts")
+
+
 def read_prompt(name: str) -> str:
     """A prompt file from ``prompts/`` without its HTML comments (the version notes)."""
-    text = (PROMPTS_DIR / name).read_text(encoding="utf-8")
+    text = _prompt_dir().joinpath(name).read_text(encoding="utf-8")
     return re.sub(r"<!--.*?-->\s*", "", text, flags=re.DOTALL).strip()
 
 

@@ -9,14 +9,16 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .drugs import DRUG_CLASSES
 from .lexicon import CATEGORY_NAMES, GUIDELINE_NAMES, REASON_NAMES, REGION_NAMES
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: partial authorizations, drug and drug class, new categories
 
 Category = Literal[tuple(CATEGORY_NAMES)]  # type: ignore[valid-type]
 Region = Literal[tuple(REGION_NAMES)]  # type: ignore[valid-type]
 GuidelineName = Literal[tuple(GUIDELINE_NAMES)]  # type: ignore[valid-type]
 Reason = Literal[tuple(REASON_NAMES)]  # type: ignore[valid-type]
+DrugClass = Literal[tuple(DRUG_CLASSES)]  # type: ignore[valid-type]
 Sex = Literal["male", "female"]
 Status = Literal["exact", "fuzzy", "not_found"]
 Origin = Literal["layout", "rules", "llm"]
@@ -65,11 +67,15 @@ class GuidelineSource(_M):
 
 class Item(_M):
     index: int
-    request: str
+    request: str = Field(description="what IMR decided: for a partial authorization, the disputed portion only")
+    original_request: Optional[str] = Field(None, description="partial authorization: the request as filed")
+    authorized: Optional[str] = Field(None, description="partial authorization: the part the claims administrator authorized")
     category: Optional[Category] = None
-    quantity: Optional[int] = None
+    drug: Optional[str] = Field(None, description="medication items: the drug named, as the letter writes it")
+    drug_class: Optional[DrugClass] = None
+    quantity: Optional[int] = Field(None, description="units, sessions or tablets of the disputed request; frequency x duration when only those are given")
     frequency: Optional[str] = None
-    body_regions: list[Region] = Field(default_factory=list, max_length=8)
+    body_regions: list[Region] = Field(default_factory=list, max_length=len(REGION_NAMES))
     decision: str = Field(description="the outcome word the letter uses: Upheld, Overturned, ...")
     claims_administrator_guideline: Optional[str] = None
     maximus_guideline: Optional[str] = None
@@ -122,7 +128,7 @@ class DecisionRecord(_M):
 
 CSV_COLUMNS = [
     "letter_id", "case_number", "source_path", "decision_date", "date_of_injury", "item_index",
-    "request", "category", "quantity", "frequency", "body_regions", "decision",
+    "request", "original_request", "authorized", "category", "drug", "drug_class", "quantity", "frequency", "body_regions", "decision",
     "guideline_sources", "denial_reasons", "claims_administrator_guideline", "maximus_guideline",
     "reviewer_specialties", "reviewer_license_states", "claimant_age", "claimant_sex",
     "surgeries", "flags",
@@ -137,7 +143,8 @@ def csv_rows(rec: DecisionRecord) -> list[dict]:
         rows.append({
             "letter_id": rec.letter_id, "case_number": rec.case_number, "source_path": rec.source_path,
             "decision_date": rec.decision_date, "date_of_injury": rec.date_of_injury,
-            "item_index": it.index, "request": it.request, "category": it.category,
+            "item_index": it.index, "request": it.request, "original_request": it.original_request,
+            "authorized": it.authorized, "category": it.category, "drug": it.drug, "drug_class": it.drug_class,
             "quantity": it.quantity, "frequency": it.frequency, "body_regions": j(it.body_regions),
             "decision": it.decision,
             "guideline_sources": j(f"{g.name}{' ' + g.detail if g.detail else ''}{' p.' + g.pages if g.pages else ''} ({g.cited_by})" for g in it.guideline_sources),

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import lexicon as lx
+from . import drugs, lexicon as lx
 from .segment import Layout, Span
 
 
@@ -37,11 +37,26 @@ def layout_facts(lay: Layout) -> list[Fact]:
     for it in lay.items:
         p = f"items[{it.index}]"
         f.append(Fact(f"{p}.request", it.request.text, it.request.start, it.request.end, "layout"))
+        for name, sp in (("original_request", it.original), ("authorized", it.authorized)):
+            if sp:
+                f.append(Fact(f"{p}.{name}", sp.text, sp.start, sp.end, "layout"))
         f.append(Fact(f"{p}.decision", _outcome(it.decision.text), it.decision.start, it.decision.end, "layout"))
         for name, sp in (("claims_administrator_guideline", it.ca_guideline), ("maximus_guideline", it.mx_guideline), ("rationale", it.rationale)):
             if sp:
                 f.append(Fact(f"{p}.{name}", sp.text, sp.start, sp.end, "layout"))
     return f
+
+
+def _category(it) -> tuple[str, int, int] | None:
+    """Category of an item: its request words, else the original request's (a partial authorization's
+    disputed portion may be "with open carpal tunnel release"), else the section MAXIMUS applied."""
+    for sp in (it.request, it.original, it.mx_guideline, it.ca_guideline):
+        if sp is None:
+            continue
+        hit = lx.categorize(sp.text) if sp is it.request or sp is it.original else lx.category_from_guideline(sp.text)
+        if hit:
+            return hit[0], sp.start + hit[1], sp.start + hit[2]
+    return None
 
 
 def _outcome(word: str) -> str:
@@ -58,13 +73,20 @@ def rule_facts(lay: Layout, text: str) -> list[Fact]:
     for it in lay.items:
         p = f"items[{it.index}]"
         req = it.request
-        cat = lx.categorize(req.text)
-        for name, hit in (("category", cat), ("quantity", lx.quantity(req.text)), ("frequency", lx.frequency(req.text))):
+        cat = _category(it)
+        f.append(Fact(f"{p}.category", *cat) if cat else Fact(f"{p}.category", "other", req.start, req.end))
+        for name, hit in (("quantity", lx.quantity(req.text)), ("frequency", lx.frequency(req.text))):
             h = _sub(req, hit)
             if h:
                 f.append(Fact(f"{p}.{name}", h[0], h[1], h[2]))
-        if not cat:
-            f.append(Fact(f"{p}.category", "other", req.start, req.end))
+        if cat and cat[0] == "medication":
+            # the disputed portion may name only a count ("Two refills"): the drug is in the original
+            for sp in (req, it.original):
+                d = sp and drugs.classify(sp.text)
+                if d:
+                    f.append(Fact(f"{p}.drug", d[0], sp.start + d[3], sp.start + d[4]))
+                    f.append(Fact(f"{p}.drug_class", d[1], sp.start + d[3], sp.start + d[4]))
+                    break
         for reg, s, e in lx.body_regions(req.text):
             f.append(Fact(f"{p}.body_regions[]", reg, req.start + s, req.start + e))
         for who, sp in (("claims_administrator", it.ca_guideline), ("maximus", it.mx_guideline)):

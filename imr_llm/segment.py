@@ -37,8 +37,8 @@ class ParsedItem:
     ca_guideline: Span | None = None
     mx_guideline: Span | None = None
     rationale: Span | None = None
-    start: int = 0  # whole block, request to end of rationale
-    end: int = 0
+    original: Span | None = None  # partial authorization: the request as filed
+    authorized: Span | None = None  # ... the part the claims administrator authorized
 
 
 @dataclass
@@ -207,7 +207,8 @@ def _parse_items(text: str, start: int, lay: Layout) -> None:
         if request is None:
             lay.problems.append(f"item {k + 1}: empty request line")
             return
-        item = ParsedItem(k, request, decision, start=request.start)
+        item = ParsedItem(k, request, decision)
+        _split_partial(text, item)
         # labels inside this anchor's block
         mx = MX.search(text, a.start(), nxt) if anchors[0].re is CA else None
         dr = DR.search(text, a.start(), nxt)
@@ -232,6 +233,34 @@ def _parse_items(text: str, start: int, lay: Layout) -> None:
             lay.features.append(f"unusual_outcome:{it.decision.text}")
 
 
+# "<X> was the original request. <Y> was authorized by the Claims Administrator. The remaining IMR
+# eligible portion of the original request, <Z> is: Upheld" -- IMR decided <Z> only. Variants seen
+# or reported: "... portion of the original request is for <Z>", "... <Y> was authorized ...,
+# leaving the original request IMR eligible. The original request, <Z> is".
+_PARTIAL = re.compile(
+    r"^(?P<orig>.+?)\s+(?:was|were)\s+the\s+original\s+requests?\.\s+"
+    r"(?:(?P<auth>.+?)\s+(?:was|were)\s+(?:authorized|approved|certified|modified)\s+by\s+the\s+Claims\s+Administrator"
+    r"(?:,?\s+leaving\s+the\s+original\s+request\s+IMR\s+eligible)?\.\s+)?"
+    r"(?:The\s+remaining\s+IMR\s+eligible\s+portion\s+of\s+the\s+original\s+request|The\s+original\s+request)"
+    r"(?:\s+is\s+for|\s*,|\s+is)?\s+(?P<disp>.+?)(?:\s+(?:is|are))?\s*$", I | re.DOTALL)
+
+
+def _split_partial(text: str, item: ParsedItem) -> None:
+    """A partial authorization: ``request`` becomes the disputed portion, the rest is kept beside it."""
+    req = item.request
+    if "original request" not in req.text.lower():
+        return
+    m = _PARTIAL.match(req.text)
+    if not m:
+        return
+    def sp(g: str) -> Span | None:
+        return Span.of(text, req.start + m.start(g), req.start + m.end(g)) if m.group(g) else None
+    disputed = sp("disp")
+    if disputed is None:
+        return
+    item.original, item.authorized, item.request = sp("orig"), sp("auth"), disputed
+
+
 _DANGLING = re.compile(r"(?:^|\n)[^\n]{5,300}:\s*(?:Upheld|Overturned)\b[^\n]{0,40}$", I)
 
 
@@ -249,6 +278,5 @@ def _check_ending(last: ParsedItem, lay: Layout) -> None:
 def _close(text: str, item: ParsedItem, end: int, lay: Layout) -> None:
     sp = Span.of(text, item.rationale.start, end)
     item.rationale = sp
-    item.end = sp.end if sp else end
     if sp is None:
         lay.problems.append(f"truncated letter: item {item.index + 1} has an empty decision rationale")
