@@ -87,11 +87,14 @@ _WORD = re.compile(r"\S+")
 _ODD_SPACE = re.compile(r"\s\s|[^\S ]")
 
 
-def normalize(text: str) -> Normalized:
+def normalize(text: str, blank_gap: bool = False) -> Normalized:
     """Join PDF line breaks, drop page numbers/headers, fix hyphenation, fold whitespace.
 
     A line holding only spaces (the PDF exporters' paragraph gap) becomes "\\n"; every other line
-    break becomes one space, so a page break inside a sentence leaves no trace. The map is kept
+    break becomes one space, so a page break inside a sentence leaves no trace. ``blank_gap``: an
+    empty line between a sentence end and a capitalised line is a paragraph gap too (text files such
+    as ``pdftotext -layout`` output, whose gaps are empty lines; double-spaced text keeps its
+    sentences whole). In our own PDF text an empty line is the page join, which never splits. The map is kept
     as linear pieces (a line, or a word where a line has odd spacing), so it costs little.
     """
     pieces: list[list] = []  # [orig_start, text]
@@ -107,6 +110,8 @@ def normalize(text: str) -> Normalized:
         if not stripped:
             if content and pieces:  # whitespace-only line with spaces: paragraph gap
                 pending = "\n"
+            elif blank_gap and not pending and pieces and pieces[-1][1][-1] in ".:?!":
+                pending = "\n?"  # an empty line after a sentence: a gap if a new sentence follows
             continue
         if len(stripped) < 80 and _PAGE_LINE.match(stripped):
             continue
@@ -132,6 +137,9 @@ def normalize(text: str) -> Normalized:
             seps.append(sep)
             pieces.append([ostart, w])
         pending = ""
+    for i, sep in enumerate(seps):
+        if sep == "\n?":
+            seps[i] = "\n" if pieces[i][1][:1].isupper() or pieces[i][1][:1].isdigit() else " "
     out: list[str] = []
     norm_starts: list[int] = []
     orig_starts: list[int] = []
@@ -224,7 +232,7 @@ def read_letter(path: str | Path, data: bytes | None = None) -> Letter:
         kind = "txt"
     if not text.strip():
         raise LetterError(path, "no text (file holds only whitespace)")
-    return Letter(str(path), text, sha, normalize(text), kind, notes)
+    return Letter(str(path), text, sha, normalize(text, blank_gap=kind == "txt"), kind, notes)
 
 
 def _decode(path: Path, data: bytes, notes: list[str]) -> str:

@@ -77,7 +77,8 @@ _HEADER_FIELDS = {
     "date_of_injury": re.compile(r"Date\s+of\s+Injury\s*:?\s*", I),
     "decision_date": re.compile(r"Decision\s+Date\s*:?\s*", I),
     "ur_denial_date": re.compile(r"UR\s+Denial\s+Date\s*:?\s*", I),
-    "application_received": re.compile(r"Application\s+Received\s*:?\s*", I),
+    # pdftotext -layout puts the two-line label around the date: "Application  11/28/2016 / Received:"
+    "application_received": re.compile(r"Application\s+(?:Received\s*:?\s*|(?=(?:" + DATE_RE.pattern + r")\s+Received\s*:))", I),
     "priority": re.compile(r"Priority\s*:\s*(?P<v>[A-Za-z]+(?:\s+[A-Za-z]+)??)(?=\s+Application|\s+Date|\s*\n|\s*$|\s+[A-Z][a-z]+\s*:)", I),
 }
 _DATE_AT = re.compile(r"\s*(?:" + DATE_RE.pattern + r")", I)
