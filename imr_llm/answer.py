@@ -15,58 +15,14 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
-from . import lexicon as lx
 from .chunk import sentences
 from .ground import locate
-from .index import Filters, Index
+from .filters import Filters
+from .index import Index
+from .question import Reading, read
 from .retrieve import Hit, Retriever
 
 PROMPT_FILE = "answer_v1.md"
-
-
-# --- understanding the question ------------------------------------------------------------------
-
-_SURGERY_CTX = re.compile(r"\b(?:after|following|post[- ]?|status\s+post|s/p|with\s+(?:a\s+)?(?:prior|previous)|who\s+had)\s*(?:\w+[\s-]+){0,3}?"
-                          r"(?P<what>fusion|surgery|surgeries|surgical|operation|operative|op)\b", re.IGNORECASE)
-_FUSION = re.compile(r"\bfusions?\b", re.IGNORECASE)
-_UPHELD = re.compile(r"\b(?:upheld|uphold|denied|denials?|not\s+medically\s+necessary|rejected)\b", re.IGNORECASE)
-_OVERTURNED = re.compile(r"\b(?:overturned|overturn|approved|granted|reversed)\b", re.IGNORECASE)
-_OUTSIDE_CA = re.compile(r"licensed\s+(?:outside(?:\s+of)?|out\s+of|not\s+in|beyond)\s+California|out[- ]of[- ]state|non-California", re.IGNORECASE)
-_LICENSED_IN = re.compile(r"licensed\s+(?:only\s+)?in\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")
-_COUNT = re.compile(r"^\s*(?:how\s+many|how\s+often|number\s+of|count\b|what\s+(?:share|fraction|percentage|proportion))", re.IGNORECASE)
-_LIST = re.compile(r"^\s*(?:which|list|show\s+(?:me\s+)?(?:all|the))\b(?!.*\bwhy\b)", re.IGNORECASE)
-_SPECIALTY = re.compile(r"reviewers?\s+(?:who\s+(?:are|were)\s+|board[- ]certified\s+in\s+|specializing\s+in\s+|in\s+)([A-Z][\w&]+(?:\s+[A-Z][\w&]+)*)")
-
-
-def understand(question: str) -> tuple[Filters, str]:
-    """Filters and mode ("count", "list", "why") recognised in a question."""
-    f = Filters()
-    q = question
-    m = _SURGERY_CTX.search(q)
-    if m:
-        f.after_surgery = True
-        f.fusion = bool(_FUSION.search(m.group()))
-        q = q[:m.start()] + q[m.end():]
-    elif _FUSION.search(q) and re.search(r"\b(?:had|underwent|history)\b", q, re.IGNORECASE):
-        f.after_surgery = f.fusion = True
-    if _OVERTURNED.search(q):
-        f.decision = "Overturned"
-    elif _UPHELD.search(q):
-        f.decision = "Upheld"
-    if _OUTSIDE_CA.search(q):
-        f.licensed_outside_ca = True
-    else:
-        li = _LICENSED_IN.search(question)
-        if li:
-            f.license_state = li.group(1)
-    cat = lx.categorize(re.sub(r"\b(?:decisions?|reviewers?|letters?|requests?|cases?|items?|services?)\b", "", q, flags=re.IGNORECASE))
-    if cat and cat[0] not in ("consultation", "dme", "program") or (cat and re.search(r"\b(?:TENS|DME|brace|consult\w*|program)\b", q, re.IGNORECASE)):
-        f.category = cat[0]
-    regs = [r for r, _, _ in lx.body_regions(q) if r != "spine"]
-    if regs:
-        f.region = regs[0]
-    mode = "count" if _COUNT.search(question) else "list" if _LIST.search(question) else "why"
-    return f, mode
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -88,13 +44,14 @@ class Citation:
 class AnswerResult:
     question: str
     mode: str
-    filters: str
+    filters: str  # the reading in plain words
     answer: str
     citations: list[Citation] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     count: Optional[int] = None
     letters: list[dict] = field(default_factory=list)
     model: str = "none"
+    reading: dict = field(default_factory=dict)  # mode, filters (structured), unused words, sentence
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,8 +63,8 @@ def marker(row: dict) -> str:
 
 # --- counting and listing --------------------------------------------------------------------------
 
-def count_or_list(index: Index, question: str, f: Filters, mode: str) -> AnswerResult:
-    f.kind = None
+def count_or_list(index: Index, question: str, f: Filters, mode: str, reading: Reading | None = None) -> AnswerResult:
+    f = f.without("kind")
     where, args = f.sql()
     db = index.store.db
     rows = db.execute(f"SELECT letter_id, item, cite_id, request, decision, category FROM items WHERE {where} ORDER BY letter_id, item", args).fetchall()
@@ -119,9 +76,14 @@ def count_or_list(index: Index, question: str, f: Filters, mode: str) -> AnswerR
     n_items, n_letters = len(rows), len(letters)
     total = db.execute("SELECT count(*) FROM items").fetchone()[0]
     what = f"{n_items} disputed item{'s' if n_items != 1 else ''} in {n_letters} letter{'s' if n_letters != 1 else ''}"
-    text = (f"{what} match (filters: {f.describe()}; counted exactly from the {total} extracted items in the index)."
-            if mode == "count" else f"{what} match (filters: {f.describe()}):")
-    return AnswerResult(question, mode, f.describe(), text, count=n_items, letters=list(letters.values()))
+    head = reading.sentence() + "\n" if reading else ""
+    if reading and reading.unused:
+        head += (f"Caution: this {'count' if mode == 'count' else 'list'} ignores part of the question "
+                 f"({', '.join(reading.unused)}): it may not be the number you asked for.\n")
+    text = head + (f"{what} match; counted exactly from the {total} extracted items in the index."
+                   if mode == "count" else f"{what} match:")
+    return AnswerResult(question, mode, f.describe(), text, count=n_items, letters=list(letters.values()),
+                        reading=reading.to_dict() if reading else {})
 
 
 # --- extractive and LLM answers -------------------------------------------------------------------
@@ -243,14 +205,25 @@ def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filter
     return AnswerResult(question, "why", f.describe(), re.sub(r"[ \t]+", " ", text).strip(), cites, removed, model=model_label)
 
 
+def latest_decision(index: Index) -> str | None:
+    row = index.store.db.execute("SELECT max(nullif(decision_date, '')) FROM items").fetchone()
+    return row[0] if row else None
+
+
 def ask(index: Index, question: str, k: int = 6, filters: Filters | None = None, provider=None,
         model_label: str = "none") -> AnswerResult:
-    recognised, mode = understand(question)
-    f = filters if filters is not None and filters.active() else recognised
-    if mode in ("count", "list"):
-        return count_or_list(index, question, f, mode)
-    f.kind = None
+    """Answer ``question``. Filters given as options are added to those read from the question
+    (a contradiction between the two is a ``FilterError``, never a silent choice)."""
+    reading = read(question, latest_decision(index))
+    f = reading.filters.merged(filters) if filters is not None and filters.active() else reading.filters
+    reading.filters = f
+    if reading.refused:
+        return AnswerResult(question, reading.mode, f.describe(), reading.refused, reading=reading.to_dict())
+    if reading.mode in ("count", "list"):
+        return count_or_list(index, question, f, reading.mode, reading)
+    f = f.without("kind")
     hits = Retriever(index).search(question, k=k, filters=f)
-    if provider is None or not hits:
-        return extractive(index, question, hits, f)
-    return llm_answer(index, provider, question, hits, f, model_label)
+    res = extractive(index, question, hits, f) if provider is None or not hits else llm_answer(index, provider, question, hits, f, model_label)
+    res.reading = reading.to_dict()
+    res.answer = reading.sentence() + "\n" + res.answer
+    return res

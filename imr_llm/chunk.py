@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import tokens
+from .filters import row_values
 from .models import DecisionRecord
 
 BUDGET = 220  # tokens per chunk body
@@ -75,20 +76,6 @@ def _ev(rec: DecisionRecord, field: str):
     return next((e for e in rec.evidence if e.field == field and e.status != "not_found"), None)
 
 
-def letter_meta(rec: DecisionRecord) -> dict:
-    surg = rec.surgeries
-    states = [s.lower() for s in rec.reviewer.license_states]
-    return {
-        "letter_id": rec.letter_id, "cite_id": rec.cite_id, "case_number": rec.case_number or "",
-        "source_path": rec.source_path, "decision_date": rec.decision_date or "",
-        "had_surgery": bool(surg), "had_fusion": any("fusion" in s.procedure.lower() for s in surg),
-        "surgery_regions": "|" + "|".join(sorted({s.body_region for s in surg if s.body_region})) + "|",
-        "specialties": "|" + "|".join(rec.reviewer.specialties) + "|",
-        "license_states": "|" + "|".join(rec.reviewer.license_states) + "|",
-        "licensed_outside_ca": bool(states) and any(s != "california" for s in states),
-    }
-
-
 def context_for(rec: DecisionRecord, item_index: int) -> str:
     parts = []
     if item_index >= 0:
@@ -107,7 +94,6 @@ def context_for(rec: DecisionRecord, item_index: int) -> str:
 
 
 def chunks_for(rec: DecisionRecord, budget: int = BUDGET) -> list[Chunk]:
-    base = letter_meta(rec)
     out: list[Chunk] = []
     targets = [(i, f"items[{i}].rationale") for i in range(len(rec.items))] + [(-1, "clinical_summary")]
     for item_index, field in targets:
@@ -115,16 +101,7 @@ def chunks_for(rec: DecisionRecord, budget: int = BUDGET) -> list[Chunk]:
         if ev is None:
             continue
         ctx = context_for(rec, item_index)
-        meta = dict(base)
-        if item_index >= 0:
-            it = rec.items[item_index]
-            meta.update(kind="rationale", item=item_index, decision=it.decision, category=it.category or "other",
-                        regions="|" + "|".join(it.body_regions) + "|",
-                        guidelines="|" + "|".join(sorted({g.name for g in it.guideline_sources})) + "|",
-                        denial_reasons="|" + "|".join(it.denial_reasons) + "|", request=it.request)
-        else:
-            meta.update(kind="summary", item=-1, decision="", category="", regions="|", guidelines="|",
-                        denial_reasons="|", request="")
+        meta = {**row_values(rec, item_index), "item": item_index}  # Chroma keeps a few of these
         for n, (s, e) in enumerate(split(ev.quote, ev.start, budget)):
             text = _WS.sub(" ", ev.quote[s - ev.start:e - ev.start]).strip()
             cid = f"{rec.letter_id}:{'s' if item_index < 0 else item_index}:{n}"

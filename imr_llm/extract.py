@@ -162,7 +162,7 @@ def analyse(letter: Letter) -> Layout:
     lay = parse(letter.norm.text)
     if lay.problems:
         raise LetterError(letter.path, lay.problems[0])
-    if not lay.items:
+    if not lay.items and "unknown_layout" not in lay.features:
         raise LetterError(letter.path, "no disputed items found")
     return lay
 
@@ -268,6 +268,12 @@ def assemble(letter: Letter, lay: Layout, llm: LLMExtraction | None = None, usag
     for feat in lay.features:
         if feat.startswith("unusual_outcome:"):
             flags.append(feat)
+        elif feat == "unknown_layout":
+            flags.append("unknown_layout: an IMR letter in a template this version does not parse; items and decisions were not read")
+        elif feat == "no_rationale":
+            flags.append("no_rationale: the letter states its decisions without a rationale section")
+        elif feat == "no_final_period":
+            flags.append("no_final_period: the last rationale ends without a period but states its conclusion; check the letter's end")
     flags += [f"input: {n}" for n in letter.notes]
     if any(ev.status == "not_found" for ev in asm.evidence):
         flags.append("ungrounded_values_dropped")

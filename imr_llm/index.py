@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from . import embed as emb
-from .chunk import Chunk, chunks_for, letter_meta
+from .chunk import Chunk, chunks_for
+from .filters import COLUMNS, Filters, FilterError, row_values, write_facets  # noqa: F401  (Filters re-exported)
 from .models import SCHEMA_VERSION, DecisionRecord
 
 import numpy as np
 
 COLLECTION = "imr_chunks"
-INDEX_FORMAT = "1"
+INDEX_FORMAT = "2"  # 2: filter columns from filters.COLUMNS (drug class, partial, dates, counts)
 
 
 class IndexError_(Exception):
@@ -34,133 +35,29 @@ def index_dir(data_dir: Path) -> Path:
     return data_dir / "index"
 
 
-_SCHEMA = """
+# Filter columns (``filters.COLUMNS``) sit on both tables: items answer counts exactly, chunks are
+# what retrieval filters. The rest of each table is written out here.
+_ITEM_BASE = {"letter_id": "TEXT", "item": "INTEGER", "cite_id": "TEXT", "request": "TEXT", "drug": "TEXT",
+              "guidelines": "TEXT", "denial_reasons": "TEXT"}
+_CHUNK_BASE = {"id": "TEXT UNIQUE", "letter_id": "TEXT", "item": "INTEGER", "n": "INTEGER", "text": "TEXT", "context": "TEXT",
+               "start": "INTEGER", "end": "INTEGER", "digest": "TEXT", "cite_id": "TEXT", "source_path": "TEXT",
+               "request": "TEXT", "guidelines": "TEXT", "denial_reasons": "TEXT"}
+ITEM_COLUMNS = {**_ITEM_BASE, **{c: t for c, t in COLUMNS.items() if c not in _ITEM_BASE}}
+CHUNK_COLUMNS = {**_CHUNK_BASE, **{c: t for c, t in COLUMNS.items() if c not in _CHUNK_BASE}}
+
+
+def _cols(d: dict[str, str]) -> str:
+    return ", ".join(f'"{c}" {t}' for c, t in d.items())
+
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS records (letter_id TEXT PRIMARY KEY, cite_id TEXT, source_path TEXT, sha256 TEXT, json TEXT);
-CREATE TABLE IF NOT EXISTS items (letter_id TEXT, item INTEGER, cite_id TEXT, request TEXT, decision TEXT, category TEXT,
-  regions TEXT, had_surgery INTEGER, had_fusion INTEGER, license_states TEXT, licensed_outside_ca INTEGER,
-  specialties TEXT, guidelines TEXT, denial_reasons TEXT, decision_date TEXT, PRIMARY KEY (letter_id, item));
-CREATE TABLE IF NOT EXISTS chunks (rowid INTEGER PRIMARY KEY, id TEXT UNIQUE, letter_id TEXT, item INTEGER, n INTEGER,
-  kind TEXT, text TEXT, context TEXT, start INTEGER, "end" INTEGER, digest TEXT, decision TEXT, category TEXT,
-  regions TEXT, had_surgery INTEGER, had_fusion INTEGER, license_states TEXT, licensed_outside_ca INTEGER,
-  specialties TEXT, guidelines TEXT, denial_reasons TEXT, decision_date TEXT, cite_id TEXT, source_path TEXT, request TEXT,
-  vec BLOB);
+CREATE TABLE IF NOT EXISTS items ({_cols(ITEM_COLUMNS)}, PRIMARY KEY (letter_id, item));
+CREATE TABLE IF NOT EXISTS chunks (rowid INTEGER PRIMARY KEY, {_cols(CHUNK_COLUMNS)}, vec BLOB);
 CREATE INDEX IF NOT EXISTS chunks_letter ON chunks(letter_id);
 CREATE INDEX IF NOT EXISTS items_decision ON items(decision, category);
 """
-
-
-@dataclass
-class Filters:
-    decision: str | None = None
-    category: str | None = None
-    region: str | None = None
-    after_surgery: bool = False
-    fusion: bool = False
-    licensed_outside_ca: bool | None = None
-    license_state: str | None = None
-    specialty: str | None = None
-    letter_id: str | None = None
-    kind: str | None = None  # rationale | summary
-
-    def active(self) -> bool:
-        return any(v not in (None, False) for v in self.__dict__.values())
-
-    def sql(self) -> tuple[str, list]:
-        """WHERE clause over the chunks or items table."""
-        w, a = [], []
-        if self.decision:
-            w.append("lower(decision) = lower(?)"); a.append(self.decision)
-        if self.category:
-            w.append("category = ?"); a.append(self.category)
-        if self.region:
-            w.append("regions LIKE ?"); a.append(f"%|{self.region}|%")
-        if self.fusion:
-            w.append("had_fusion = 1")
-        elif self.after_surgery:
-            w.append("had_surgery = 1")
-        if self.licensed_outside_ca is not None:
-            w.append("licensed_outside_ca = ?"); a.append(int(self.licensed_outside_ca))
-        if self.license_state:
-            w.append("lower(license_states) LIKE ?"); a.append(f"%|{self.license_state.lower()}|%")
-        if self.specialty:
-            w.append("lower(specialties) LIKE ?"); a.append(f"%{self.specialty.lower()}%")
-        if self.letter_id:
-            w.append("letter_id = ?"); a.append(self.letter_id)
-        if self.kind:
-            w.append("kind = ?"); a.append(self.kind)
-        return (" AND ".join(w) or "1"), a
-
-    def match(self, row: dict) -> bool:
-        """The same predicate as ``sql()``, on one chunk/item row (for post-filtering)."""
-        if self.decision and (row.get("decision") or "").lower() != self.decision.lower():
-            return False
-        if self.category and row.get("category") != self.category:
-            return False
-        if self.region and f"|{self.region}|" not in (row.get("regions") or ""):
-            return False
-        if self.fusion and not row.get("had_fusion"):
-            return False
-        if self.after_surgery and not row.get("had_surgery"):
-            return False
-        if self.licensed_outside_ca is not None and bool(row.get("licensed_outside_ca")) != self.licensed_outside_ca:
-            return False
-        if self.license_state and f"|{self.license_state.lower()}|" not in (row.get("license_states") or "").lower():
-            return False
-        if self.specialty and self.specialty.lower() not in (row.get("specialties") or "").lower():
-            return False
-        if self.letter_id and row.get("letter_id") != self.letter_id:
-            return False
-        if self.kind and row.get("kind") != self.kind:
-            return False
-        return True
-
-    def describe(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.__dict__.items() if v not in (None, False)) or "none"
-
-    def facet_mask(self, facets: dict) -> "np.ndarray":
-        """The chunks this filter keeps, as a boolean array in the lexical index's row order.
-
-        ``facets`` (``facets.npz``) holds each filterable column as codes into its distinct values,
-        so each predicate is ``match`` run once per distinct value, then a vectorised lookup: a
-        few milliseconds at 350k chunks, where a SQL scan plus an id loop took 300-600 ms."""
-        mask = None
-        for fname, col in FACET_FIELDS.items():
-            value = getattr(self, fname)
-            if value in (None, False):
-                continue
-            one = Filters(**{fname: value})
-            vocab = facets[f"{col}__vocab"]
-            ok = np.fromiter((one.match({col: _facet_value(col, v)}) for v in vocab), dtype=bool, count=len(vocab))
-            m = ok[facets[col]]
-            mask = m if mask is None else mask & m
-        return mask if mask is not None else np.ones(len(facets["decision"]), dtype=bool)
-
-
-# Filter field -> chunk column (the facets mirror stores these columns).
-FACET_FIELDS = {"decision": "decision", "category": "category", "region": "regions", "after_surgery": "had_surgery",
-                "fusion": "had_fusion", "licensed_outside_ca": "licensed_outside_ca", "license_state": "license_states",
-                "specialty": "specialties", "letter_id": "letter_id", "kind": "kind"}
-_INT_COLUMNS = {"had_surgery", "had_fusion", "licensed_outside_ca"}
-
-
-def _facet_value(col: str, v: str):
-    if col in _INT_COLUMNS:
-        return int(v) if v != "" else None
-    return v if v != "" else None
-
-
-def write_facets(db: sqlite3.Connection, path: Path) -> None:
-    """Each facet column, in chunk rowid order (the order of ``ids.json``), as codes + distinct values."""
-    cols = list(dict.fromkeys(FACET_FIELDS.values()))
-    rows = db.execute(f"SELECT {', '.join(cols)} FROM chunks ORDER BY rowid").fetchall()
-    out = {}
-    for k, col in enumerate(cols):
-        vocab, codes = np.unique(np.array(["" if r[k] is None else str(r[k]) for r in rows], dtype=str), return_inverse=True)
-        out[col] = codes.astype(np.int32)
-        out[f"{col}__vocab"] = vocab
-    with open(path, "wb") as f:
-        np.savez(f, **out)
 
 
 class Store:
@@ -187,38 +84,16 @@ class Store:
     def put_letter(self, rec: DecisionRecord, chunks: list[Chunk]) -> list[str]:
         """Replace one letter's rows; returns chunk ids that no longer exist (to delete from Chroma)."""
         old = set(self.digests(rec.letter_id))
-        lm = letter_meta(rec)
         self.db.execute("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?)",
                         (rec.letter_id, rec.cite_id, rec.source_path, rec.sha256, rec.model_dump_json()))
         self.db.execute("DELETE FROM items WHERE letter_id=?", (rec.letter_id,))
-        for it in rec.items:
-            self.db.execute("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
-                rec.letter_id, it.index, rec.cite_id, it.request, it.decision, it.category or "other",
-                "|" + "|".join(it.body_regions) + "|", int(lm["had_surgery"]), int(lm["had_fusion"]),
-                lm["license_states"], int(lm["licensed_outside_ca"]), lm["specialties"],
-                "|" + "|".join(sorted({g.name for g in it.guideline_sources})) + "|",
-                "|" + "|".join(it.denial_reasons) + "|", rec.decision_date or ""))
-        new_ids = {c.id for c in chunks}
-        gone = sorted(old - new_ids)
+        rows = [_item_row(rec, i) for i in range(len(rec.items))]
+        self.db.executemany(_insert("items", ITEM_COLUMNS), [[r.get(c) for c in ITEM_COLUMNS] for r in rows])
+        gone = sorted(old - {c.id for c in chunks})
         if gone:
             self.db.executemany("DELETE FROM chunks WHERE id=?", [(g,) for g in gone])
-        for c in chunks:
-            m = c.meta
-            self.db.execute(
-                """INSERT INTO chunks (id, letter_id, item, n, kind, text, context, start, "end", digest, decision, category,
-                   regions, had_surgery, had_fusion, license_states, licensed_outside_ca, specialties, guidelines,
-                   denial_reasons, decision_date, cite_id, source_path, request) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-                   ON CONFLICT(id) DO UPDATE SET text=excluded.text, context=excluded.context, start=excluded.start,
-                   "end"=excluded."end", digest=excluded.digest, decision=excluded.decision, category=excluded.category,
-                   regions=excluded.regions, had_surgery=excluded.had_surgery, had_fusion=excluded.had_fusion,
-                   license_states=excluded.license_states, licensed_outside_ca=excluded.licensed_outside_ca,
-                   specialties=excluded.specialties, guidelines=excluded.guidelines, denial_reasons=excluded.denial_reasons,
-                   decision_date=excluded.decision_date, cite_id=excluded.cite_id, source_path=excluded.source_path,
-                   request=excluded.request, kind=excluded.kind""",
-                (c.id, c.letter_id, c.item, c.n, m["kind"], c.text, c.context, c.start, c.end, c.digest, m["decision"],
-                 m["category"], m["regions"], int(m["had_surgery"]), int(m["had_fusion"]), m["license_states"],
-                 int(m["licensed_outside_ca"]), m["specialties"], m["guidelines"], m["denial_reasons"],
-                 m["decision_date"], m["cite_id"], m["source_path"], m["request"]))
+        self.db.executemany(_insert("chunks", CHUNK_COLUMNS, upsert=True),
+                            [[_chunk_row(rec, c, rows).get(col) for col in CHUNK_COLUMNS] for c in chunks])
         return gone
 
     def set_vectors(self, ids: list[str], vecs) -> None:
@@ -245,6 +120,28 @@ class Store:
 
     def commit(self) -> None:
         self.db.commit()
+
+
+def _insert(table: str, cols: dict[str, str], upsert: bool = False) -> str:
+    names = ", ".join(f'"{c}"' for c in cols)
+    sql = f"INSERT INTO {table} ({names}) VALUES ({','.join('?' * len(cols))})"
+    if upsert:  # keep the row (and its vector) when a re-index finds the same chunk id
+        sql += " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f'"{c}"=excluded."{c}"' for c in cols if c != "id")
+    return sql
+
+
+def _item_row(rec: DecisionRecord, i: int) -> dict:
+    it = rec.items[i]
+    return {**row_values(rec, i), "item": i, "cite_id": rec.cite_id, "request": it.request, "drug": it.drug,
+            "guidelines": "|" + "|".join(sorted({g.name for g in it.guideline_sources})) + "|",
+            "denial_reasons": "|" + "|".join(it.denial_reasons) + "|"}
+
+
+def _chunk_row(rec: DecisionRecord, c: Chunk, item_rows: list[dict]) -> dict:
+    base = item_rows[c.item] if c.item >= 0 else {**row_values(rec, -1), "request": "", "guidelines": "|", "denial_reasons": "|"}
+    return {**base, "id": c.id, "item": c.item, "n": c.n, "text": c.text, "context": c.context, "start": c.start,
+            "end": c.end, "digest": c.digest, "cite_id": rec.cite_id, "source_path": rec.source_path,
+            "kind": "summary" if c.item < 0 else "rationale"}
 
 
 def chroma_client(path: Path):
@@ -283,6 +180,10 @@ class Index:
         if sv and sv.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise IndexError_(f"the index in {self.dir} holds schema {sv}, this imr-llm writes {SCHEMA_VERSION}: "
                               f"run `imr index --rebuild RECORDS`")
+        fmt = self.store.get_meta("index_format")
+        if fmt != INDEX_FORMAT and self.store.db.execute("SELECT 1 FROM records LIMIT 1").fetchone():
+            raise IndexError_(f"the index in {self.dir} was built by an earlier imr-llm (index format {fmt or '1'}, "
+                              f"this version reads {INDEX_FORMAT}): run `imr index --rebuild RECORDS`")
         self.local_only = local_only
         self._embedder = None
         self._collection = None
@@ -326,6 +227,7 @@ class Index:
         self.store.set_meta("embedder", self.identity)
         self.store.set_meta("embedder_spec", self.spec)
         self.store.set_meta("schema_version", SCHEMA_VERSION)
+        self.store.set_meta("index_format", INDEX_FORMAT)
         pending: list[Chunk] = []
         stats = {"letters": 0, "chunks": 0, "embedded": 0, "deleted": 0}
 
@@ -390,7 +292,8 @@ class Index:
             bm.index(toks, show_progress=False)
             bm.save(str(tmp), show_progress=False)
         (tmp / "ids.json").write_text(json.dumps(ids))
-        write_facets(self.store.db, tmp / "facets.npz")
+        cols = ", ".join(f'"{c}"' for c in COLUMNS)
+        write_facets(self.store.db.execute(f"SELECT {cols} FROM chunks ORDER BY rowid"), tmp / "facets.npz")
         old = self.dir / f"bm25.old-{os.getpid()}"
         if final.exists():
             final.rename(old)

@@ -26,6 +26,17 @@ def to_int(tok: str) -> int | None:
     return NUMBER_WORDS.get(tok)
 
 
+US_STATE_NAMES = {
+    "alabama", "alaska", "arizona", "arkansas", "california", "colorado", "connecticut", "delaware",
+    "florida", "georgia", "hawaii", "idaho", "illinois", "indiana", "iowa", "kansas", "kentucky",
+    "louisiana", "maine", "maryland", "massachusetts", "michigan", "minnesota", "mississippi",
+    "missouri", "montana", "nebraska", "nevada", "new hampshire", "new jersey", "new mexico",
+    "new york", "north carolina", "north dakota", "ohio", "oklahoma", "oregon", "pennsylvania",
+    "rhode island", "south carolina", "south dakota", "tennessee", "texas", "utah", "vermont",
+    "virginia", "washington", "west virginia", "wisconsin", "wyoming", "district of columbia",
+}
+
+
 # --- categories ----------------------------------------------------------------------------------
 
 from .drugs import NAMES_PATTERN as _DRUG_NAMES  # noqa: E402
@@ -39,7 +50,7 @@ CATEGORY_ENTRIES = [
     ("home_health", r"home\s+health|home\s+care|nursing\s+care|\bRN\b|\bLVN\b|home\s+(?:health\s+)?aides?|\baides?\b|attendant|"
                     r"housekeeping|caregiver|home\s+assistance"),
     ("program", r"functional\s+restoration|\bFRP\b|pain\s+(?:management\s+)?program|weight\s+loss\s+program|gym\s+membership|"
-                r"detox\w*|rehabilitation\s+program|\bHELP\s+program|multidisciplinary"),
+                r"detox\w*|rehabilitation\s+program|aftercare\s+program|\bHELP\s+program|multidisciplinary"),
     ("acupuncture", r"acupunct\w*|electro-?acupunct\w*"),
     ("chiropractic", r"chiropract\w*|\bchiro\b|manipulat\w*|\bCMT\b"),
     ("psych", r"psych\w*|cognitive\s+behavio\w*|\bCBT\b|biofeedback|counsel+ing|behavio\w*\s+(?:therapy|medicine)"),

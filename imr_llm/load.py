@@ -232,7 +232,15 @@ def read_letter(path: str | Path, data: bytes | None = None) -> Letter:
         kind = "txt"
     if not text.strip():
         raise LetterError(path, "no text (file holds only whitespace)")
-    return Letter(str(path), text, sha, normalize(text, blank_gap=kind == "txt"), kind, notes)
+    return Letter(str(path), text, sha, normalize(text, blank_gap=kind == "txt" and not _double_spaced(text)), kind, notes)
+
+
+def _double_spaced(text: str) -> bool:
+    """Every other line empty (text copied from a web page or PDF viewer): there an empty line is
+    layout, not a paragraph gap."""
+    lines = text.splitlines()
+    blank = sum(1 for ln in lines if not ln.strip())
+    return len(lines) > 10 and blank >= 0.4 * len(lines)
 
 
 def _decode(path: Path, data: bytes, notes: list[str]) -> str:

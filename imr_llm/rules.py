@@ -40,7 +40,7 @@ def layout_facts(lay: Layout) -> list[Fact]:
         for name, sp in (("original_request", it.original), ("authorized", it.authorized)):
             if sp:
                 f.append(Fact(f"{p}.{name}", sp.text, sp.start, sp.end, "layout"))
-        f.append(Fact(f"{p}.decision", _outcome(it.decision.text), it.decision.start, it.decision.end, "layout"))
+        f.append(Fact(f"{p}.decision", it.outcome or _outcome(it.decision.text), it.decision.start, it.decision.end, "layout"))
         for name, sp in (("claims_administrator_guideline", it.ca_guideline), ("maximus_guideline", it.mx_guideline), ("rationale", it.rationale)):
             if sp:
                 f.append(Fact(f"{p}.{name}", sp.text, sp.start, sp.end, "layout"))
@@ -87,8 +87,13 @@ def rule_facts(lay: Layout, text: str) -> list[Fact]:
                     f.append(Fact(f"{p}.drug", d[0], sp.start + d[3], sp.start + d[4]))
                     f.append(Fact(f"{p}.drug_class", d[1], sp.start + d[3], sp.start + d[4]))
                     break
-        for reg, s, e in lx.body_regions(req.text):
-            f.append(Fact(f"{p}.body_regions[]", reg, req.start + s, req.start + e))
+        # a disputed portion that names no region ("Two refills of ...") keeps the original request's
+        for sp in (req, it.original):
+            regs = lx.body_regions(sp.text) if sp else []
+            for reg, s, e in regs:
+                f.append(Fact(f"{p}.body_regions[]", reg, sp.start + s, sp.start + e))
+            if regs:
+                break
         for who, sp in (("claims_administrator", it.ca_guideline), ("maximus", it.mx_guideline)):
             if not sp:
                 continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .lexicon import DATE_RE, parse_date
+from .lexicon import DATE_RE, US_STATE_NAMES as US_STATES, parse_date
 
 I = re.IGNORECASE
 
@@ -34,6 +34,7 @@ class ParsedItem:
     index: int
     request: Span
     decision: Span
+    outcome: str | None = None  # the decision in the letter's terms when its words are not an outcome word
     ca_guideline: Span | None = None
     mx_guideline: Span | None = None
     rationale: Span | None = None
@@ -87,15 +88,6 @@ _SPECIALTY_BLOCK = re.compile(r"Certification\s*\(s\)\s*/\s*Specialty\s*:\s*(?P<
 _SPECIALTY_SENT = re.compile(r"Board[- ]Certified\s+in\s+(?P<v>[^.]+?)(?=\s+and\s+(?:is\s+)?licensed|\s*[.;]|\s*$)", I)
 _LICENSE_SENT = re.compile(r"licensed\s+to\s+practice\s+in\s+(?P<v>[^.]+?)\s*(?:\.|$)", I)
 
-US_STATES = {
-    "alabama", "alaska", "arizona", "arkansas", "california", "colorado", "connecticut", "delaware",
-    "florida", "georgia", "hawaii", "idaho", "illinois", "indiana", "iowa", "kansas", "kentucky",
-    "louisiana", "maine", "maryland", "massachusetts", "michigan", "minnesota", "mississippi",
-    "missouri", "montana", "nebraska", "nevada", "new hampshire", "new jersey", "new mexico",
-    "new york", "north carolina", "north dakota", "ohio", "oklahoma", "oregon", "pennsylvania",
-    "rhode island", "south carolina", "south dakota", "tennessee", "texas", "utah", "vermont",
-    "virginia", "washington", "west virginia", "wisconsin", "wyoming", "district of columbia",
-}
 
 
 def _split(text: str, base: int, pattern: str) -> list[Span]:
@@ -110,6 +102,8 @@ def _split(text: str, base: int, pattern: str) -> list[Span]:
 
 def parse(text: str) -> Layout:
     """Parse a normalised letter into its template parts. Never raises; see ``Layout.problems``."""
+    if NOTICE_2013.search(text[:3000]) and not ISSUES.search(text):
+        return _parse_notice_2013(text)
     lay = Layout()
     how, summ, iss = HOW.search(text), SUMMARY.search(text), ISSUES.search(text)
     head_end = min(x.start() for x in (how, summ, iss) if x) if (how or summ or iss) else min(len(text), 1500)
@@ -122,6 +116,10 @@ def parse(text: str) -> Layout:
             s = intro.end()
         lay.summary = Span.of(text, s, iss.start() if iss and iss.start() > s else len(text))
     if not iss:
+        if IMR_WORDS.search(text[:5000]):
+            # an IMR letter in a template we do not parse: say so, never a silent empty record
+            lay.features.append("unknown_layout")
+            return lay
         lay.problems.append("not an IMR determination letter: no 'IMR ISSUES, DECISIONS AND RATIONALES' section")
         return lay
     start = iss.end()
@@ -230,8 +228,61 @@ def _parse_items(text: str, start: int, lay: Layout) -> None:
         _close(text, pending, len(text), lay)
         _check_ending(pending, lay)
     for it in lay.items:
-        if it.decision.text.lower() not in KNOWN_OUTCOMES:
+        if it.outcome is None and it.decision.text.lower() not in KNOWN_OUTCOMES:
             lay.features.append(f"unusual_outcome:{it.decision.text}")
+
+
+# --- the 2013 "Notice of Independent Medical Review Determination" ----------------------------------
+# "1) MAXIMUS Federal Services, Inc. has determined the request for <X> is not medically necessary
+# and appropriate." (Upheld) / "... is medically necessary and appropriate." (Overturned). The list
+# is printed twice (cover and decision section); the first of each number is kept.
+
+NOTICE_2013 = re.compile(r"Notice\s+of\s+Independent\s+Medical\s+Review\s+Determination|has\s+determined\s+the\s+request\s+for", I)
+# Other IMR families known by their headings: recognised as IMR letters, parsed by no rule yet.
+IMR_WORDS = re.compile(r"Independent\s+Medical\s+Review|IMR\s+DECISION|MEDICAL\s+PROFESSIONAL\s+REVIEW|ISSUE\s+AT\s+DISPUTE", I)
+_DETERMINED = re.compile(
+    r"(?P<n>\d{1,2})\)\s*MAXIMUS\s+Federal\s+Services,?\s+Inc\.?\s+has\s+determined\s+(?:that\s+)?the\s+request\s+for\s+"
+    r"(?P<req>.+?)\s+(?P<dec>is\s+(?P<neg>not\s*)?medically\s+necessary\s+and\s+appropriate)", I | re.DOTALL)
+_NOTICE_HEADER = {
+    "decision_date": re.compile(r"Determination\s+Dated\s*:\s*", I),
+    "application_received": re.compile(r"Independent\s+Medical\s+Review\s+was\s+filed\s+on\s+", I),
+    "ur_denial_date": re.compile(r"Utilization\s+Review\s+Denial\s+dated\s+", I),
+}
+_QUALIFICATIONS = re.compile(r"Medical\s+Qualifications\s+of\s+the\s+Expert\s+Reviewer\s*:?", I)
+_CASE_SUMMARY = re.compile(r"Case\s+Summary\s*:\s*(?:Disclaimer\s*:[^.]*?dated\s+[^.]*?\d{4}\.)?", I)
+
+
+def _parse_notice_2013(text: str) -> Layout:
+    lay = Layout(features=["notice_2013"])
+    for name, rx in _NOTICE_HEADER.items():
+        m = rx.search(text)
+        d = m and _DATE_AT.match(text, m.end())
+        if d and (iso := parse_date(d)) and (sp := Span.of(text, d.start(), d.end())):
+            lay.header[name], lay.header_values[name] = sp, iso
+    case = _HEADER_FIELDS["case_number"].search(text[:3000])
+    if case:
+        lay.header["case_number"] = Span(case.start("v"), case.end("v"), case.group("v"))
+        lay.header_values["case_number"] = case.group("v")
+    q = _QUALIFICATIONS.search(text)
+    cs = _CASE_SUMMARY.search(text)
+    if q:
+        _parse_reviewer(text, q.end(), cs.start() if cs and cs.start() > q.end() else len(text), lay)
+    if cs:
+        lay.summary = Span.of(text, cs.end(), len(text))
+    seen: set[str] = set()
+    for m in _DETERMINED.finditer(text):
+        if m.group("n") in seen:
+            continue
+        seen.add(m.group("n"))
+        req = Span.of(text, m.start("req"), m.end("req"))
+        dec = Span(m.start("dec"), m.end("dec"), m.group("dec"))
+        if req:
+            lay.items.append(ParsedItem(len(lay.items), req, dec, outcome="Upheld" if m.group("neg") is not None else "Overturned"))
+    if not lay.items:
+        lay.problems.append("2013 IMR notice without a numbered determination ('has determined the request for ...')")
+    else:
+        lay.features.append("no_rationale")
+    return lay
 
 
 # "<X> was the original request. <Y> was authorized by the Claims Administrator. The remaining IMR
@@ -265,15 +316,26 @@ def _split_partial(text: str, item: ParsedItem) -> None:
 _DANGLING = re.compile(r"(?:^|\n)[^\n]{5,300}:\s*(?:Upheld|Overturned)\b[^\n]{0,40}$", I)
 
 
+# The sentence that closes every rationale: "... is/was (not) medically necessary", "... is not
+# supported", "... is appropriate". A complete letter may lack only the final period.
+_CONCLUSION = re.compile(r"medically\s+necessary|not\s+necessary|(?:is|are|was|were)\s+(?:not\s+)?(?:supported|warranted|indicated|"
+                         r"recommended|appropriate|reasonable|certified|approved)|(?:upheld|overturned)\W*$", I)
+
+
 def _check_ending(last: ParsedItem, lay: Layout) -> None:
-    """A letter cut short leaves a half item or a rationale stopping mid-sentence."""
+    """A letter cut short leaves a half item or a rationale stopping before its conclusion."""
     r = last.rationale
     if r is None:
         return
     if _DANGLING.search(r.text) or re.search(r"(?:Claims\s+Administrator|MAXIMUS)\s+[Gg]uid?e?l?i?n?e?s?\W*$|Claims\s+Adm\w*$", r.text):
         lay.problems.append(f"truncated letter: text ends inside item {last.index + 2}, after its request line")
     elif not re.search(r"[.!?)\]\"']\s*$", r.text):
-        lay.problems.append(f"truncated letter: the rationale of item {last.index + 1} stops mid-sentence")
+        last = re.split(r"(?<=[.!?])\s+", r.text[-400:])[-1]
+        if "\n" not in last and _CONCLUSION.search(last):
+            # seen on a real DWC letter: complete, its last sentence without a period; keep and say so
+            lay.features.append("no_final_period")
+        else:
+            lay.problems.append(f"truncated letter: the rationale of item {last.index + 1} stops mid-sentence, before any conclusion")
 
 
 def _close(text: str, item: ParsedItem, end: int, lay: Layout) -> None:

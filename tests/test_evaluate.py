@@ -41,8 +41,11 @@ def test_layout_parser_eval_on_the_suite_with_reports(tmp_path):
                               "--min-decision-accuracy", "1.0"])
     assert res.exit_code == 0, res.output
     r = json.loads(Path("a.json").read_text())
-    assert r["letters"] == 27 and r["decision_accuracy"] == 1.0 and r["micro"]["f1"] >= 0.95
+    assert r["letters"] == 91 and r["decision_accuracy"] == 1.0 and r["micro"]["f1"] >= 0.95
     assert r["fields"]["items.decision"]["f1"] == 1.0
+    # real letters (67: 63 DWC PDFs, the 2013 notice, 3 text letters) and synthetic ones reported apart
+    assert r["groups"]["real"]["letters"] == 67 and r["groups"]["synthetic"]["letters"] == 24
+    assert r["groups"]["real"]["decision_accuracy"] == 1.0
     html = Path("r.html").read_text()
     assert "<svg" in html and "<mark" in html and "items[0].decision" in html
     # a threshold above what is reachable fails the command (for CI)

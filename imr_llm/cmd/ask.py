@@ -18,27 +18,37 @@ def ask(
     after_surgery: bool = typer.Option(False, "--after-surgery", help="only letters whose claimant had surgery"),
     fusion: bool = typer.Option(False, "--fusion", help="only letters whose claimant had a fusion"),
     outside_ca: bool = typer.Option(False, "--licensed-outside-ca", help="only reviewers licensed outside California"),
-    filter_: Optional[str] = typer.Option(None, "--filter", help="extra filters as key=value,... (same keys as above)"),
+    drug_class: Optional[str] = typer.Option(None, "--drug-class", help="opioid, nsaid, muscle_relaxant, topical, compounded, ..."),
+    partial: bool = typer.Option(False, "--partial", help="only partial authorizations (the rest of a request was disputed)"),
+    filter_: Optional[str] = typer.Option(None, "--filter", help="extra filters as key=value,... (any field of `imr fields`, e.g. license_state=Texas)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL for a written answer; default IMR_MODEL or none (extractive)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     local_only: bool = typer.Option(False, "--local-only"),
 ) -> None:
     """Answer a precedent question with citations to letters, items and passages."""
     from ..answer import ask as run_ask
-    from ..index import Filters, Index, IndexError_
+    from ..filters import FilterError, Filters
+    from ..index import Index, IndexError_
     from .render import render
 
+    if question is not None and not question.strip():
+        die("the question is empty (omit it for an interactive session)")
+    if k < 1:
+        die(f"--k {k}: the number of passages must be 1 or more")
     s = get_settings(model, local_only)
-    f = Filters(decision=decision, category=category, region=region, after_surgery=after_surgery or fusion,
-                fusion=fusion, licensed_outside_ca=True if outside_ca else None)
-    if filter_:
-        for part in filter_.split(","):
+    try:
+        f = Filters.of(decision=decision, category=category, region=region, drug_class=drug_class,
+                       after_surgery=(after_surgery and not fusion) or None, fusion=fusion or None,
+                       licensed_outside_ca=outside_ca or None, partial=partial or None)
+        for part in (filter_ or "").split(","):
+            if not part.strip():
+                continue
             if "=" not in part:
                 die(f"--filter {part!r}: use key=value")
             key, val = (x.strip() for x in part.split("=", 1))
-            if key not in f.__dict__:
-                die(f"--filter: unknown key {key!r} (use {', '.join(f.__dict__)})")
-            setattr(f, key, val.lower() in ("1", "true", "yes") if key in ("after_surgery", "fusion", "licensed_outside_ca") else val)
+            f = f.merged(Filters.of(**{key: val}))
+    except FilterError as e:
+        die(str(e))
     try:
         idx = Index(s.data_dir, embedder=None, local_only=s.local_only)
     except IndexError_ as e:
@@ -52,7 +62,7 @@ def ask(
     def one(q: str) -> None:
         try:
             res = run_ask(idx, q, k=k, filters=f, provider=provider, model_label=s.label)
-        except IndexError_ as e:
+        except (IndexError_, FilterError) as e:
             die(str(e))
         if as_json:
             print(json.dumps(res.to_dict(), indent=2))

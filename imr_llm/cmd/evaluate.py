@@ -34,9 +34,11 @@ def extraction(
     concurrency: int = typer.Option(8, "--concurrency", "-c"),
     only: Optional[str] = typer.Option(None, "--only", help="letter-id glob, e.g. '00*' for the three real letters"),
     show: int = typer.Option(15, "--show-mismatches", help="mismatches to print (all are in the JSON/HTML)"),
+    require: list[str] = typer.Option([], "--require", help="GROUP:FIELD>=F1, repeatable, e.g. 'real:items.category>=0.95' (exit 1 if not met)"),
 ) -> None:
-    """Per-field precision/recall/F1, decision accuracy and grounding against gold records."""
-    from ..evaluate import html_report, run_extraction
+    """Per-field precision/recall/F1, decision accuracy and grounding against gold records,
+    for real and synthetic letters apart (and together)."""
+    from ..evaluate import check_thresholds, html_report, run_extraction
 
     s = get_settings(model)
     if not (suite / "gold").is_dir():
@@ -44,11 +46,17 @@ def extraction(
     sr = run_extraction(suite, s, concurrency, only)
     r = sr.report
     con = Console()
-    t = Table("field", "P", "R", "F1", "tp", "fp", "fn", title=f"extraction eval · {r['model']} · {r['letters']} letters")
+    groups = r.get("groups", {})
+    names = list(groups)
+    t = Table("field", *[f"{g} F1 ({groups[g]['letters']})" for g in names], "all P", "all R", "all F1", "tp", "fp", "fn",
+              title=f"extraction eval · {r['model']} · {r['letters']} letters")
     for name, m in r["fields"].items():
-        t.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["tp"]), str(m["fp"]), str(m["fn"]))
+        per = [f"{groups[g]['fields'][name]['f1']:.3f}" if name in groups[g]["fields"] else "-" for g in names]
+        t.add_row(name, *per, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["tp"]), str(m["fp"]), str(m["fn"]))
     mi = r["micro"]
-    t.add_row("[bold]micro[/bold]", f"{mi['precision']:.3f}", f"{mi['recall']:.3f}", f"[bold]{mi['f1']:.3f}[/bold]", str(mi["tp"]), str(mi["fp"]), str(mi["fn"]))
+    t.add_row("[bold]micro[/bold]", *[f"{groups[g]['micro']['f1']:.3f}" for g in names], f"{mi['precision']:.3f}",
+              f"{mi['recall']:.3f}", f"[bold]{mi['f1']:.3f}[/bold]", str(mi["tp"]), str(mi["fp"]), str(mi["fn"]))
+    t.add_row("decision accuracy", *[str(groups[g]["decision_accuracy"]) for g in names], "", "", str(r["decision_accuracy"]), "", "", "")
     con.print(t)
     con.print(f"decision accuracy {r['decision_accuracy']} · grounded share {r['grounded_share']} "
               f"({r['values_kept']} kept, {r['values_dropped']} dropped) · LLM calls {r['llm_calls']} · "
@@ -65,6 +73,12 @@ def extraction(
     if html_out:
         html_report(sr, html_out)
         con.print(f"html: {escape(str(html_out))}")
+    try:
+        failed = check_thresholds(r, require)
+    except ValueError as e:
+        die(str(e))
+    if failed:
+        die("below threshold: " + "; ".join(failed), 1)
     if (min_f1 is not None and mi["f1"] < min_f1) or (min_decision_accuracy is not None and (r["decision_accuracy"] or 0) < min_decision_accuracy):
         die(f"below threshold: micro F1 {mi['f1']:.3f} (min {min_f1}), decision accuracy {r['decision_accuracy']} (min {min_decision_accuracy})", 1)
 

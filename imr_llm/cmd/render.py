@@ -17,7 +17,7 @@ from ..answer import AnswerResult
 def render(res: AnswerResult) -> None:
     con = Console()
     con.print(Panel(Text(res.answer), title=Text(res.question),
-                    subtitle=Text(f"mode: {res.mode} · filters: {res.filters} · model: {res.model}"), expand=True))
+                    subtitle=Text(f"mode: {res.mode} · model: {res.model}"), expand=True))
     if res.letters:
         t = Table("letter", "item", "decision", "category", "request", "file", title="matching items")
         for L in res.letters:

@@ -1,0 +1,280 @@
+"""Filters over disputed items: one field table that gives the SQL, the row check and the facet mask.
+
+A filter is a list of conditions; each names a field of ``FIELDS``, and is either a set of values
+(any of them), a range (numbers and ISO dates, bounds inclusive, either open), or a yes/no. Any
+condition may be negated ("not licensed in California", "other than opioids"); a negated condition
+keeps rows whose value is unknown. The same condition object answers in SQL (``sql``), on one row
+(``test``) and on the facet columns beside the dense mirror (``facet_mask``), so the three paths
+cannot disagree. ``sentence`` states the reading in plain words: every answer shows it first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from .drugs import DRUG_CLASSES
+from .lexicon import CATEGORY_NAMES, REGION_NAMES, US_STATE_NAMES
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    column: str
+    kind: str  # text | set | contains | bool | int | date
+    noun: str  # how the sentence names it
+    values: tuple[str, ...] | None = None  # the closed vocabulary, when there is one
+    level: str = "item"  # item | letter
+
+
+FIELDS: dict[str, FieldDef] = {
+    "decision": FieldDef("decision", "text", "decision", ("Upheld", "Overturned")),
+    "category": FieldDef("category", "text", "category", tuple(CATEGORY_NAMES)),
+    "drug_class": FieldDef("drug_class", "text", "drug class", tuple(DRUG_CLASSES)),
+    "region": FieldDef("regions", "set", "body region", tuple(REGION_NAMES)),
+    "partial": FieldDef("partial", "bool", "a partial authorization (only the rest of the request was disputed)"),
+    "quantity": FieldDef("quantity", "int", "quantity requested"),
+    "after_surgery": FieldDef("had_surgery", "bool", "a claimant with surgery in the history", level="letter"),
+    "fusion": FieldDef("had_fusion", "bool", "a claimant with a prior fusion", level="letter"),
+    "license_state": FieldDef("license_states", "set", "reviewer licensed in", tuple(sorted(s.title() for s in US_STATE_NAMES)), "letter"),
+    "licensed_outside_ca": FieldDef("licensed_outside_ca", "bool", "a reviewer licensed outside California", level="letter"),
+    "license_count": FieldDef("n_states", "int", "number of states the reviewer is licensed in", level="letter"),
+    "specialty": FieldDef("specialties", "contains", "reviewer specialty", level="letter"),
+    "decision_date": FieldDef("decision_date", "date", "decision date", level="letter"),
+    "date_of_injury": FieldDef("date_of_injury", "date", "date of injury", level="letter"),
+    "ur_denial_date": FieldDef("ur_denial_date", "date", "UR denial date", level="letter"),
+    "claimant_age": FieldDef("age", "int", "claimant age", level="letter"),
+    "items_in_letter": FieldDef("n_items", "int", "number of disputed items in the letter", level="letter"),
+    "letter_id": FieldDef("letter_id", "text", "letter", level="letter"),
+    "kind": FieldDef("kind", "text", "passage kind", ("rationale", "summary")),
+}
+# Every column a filter can read, in the order the store keeps them (items and chunks tables alike).
+COLUMNS: dict[str, str] = {}
+for _f in FIELDS.values():
+    COLUMNS.setdefault(_f.column, "INTEGER" if _f.kind in ("bool", "int") else "TEXT")
+
+
+_POS_BOOL = {"partial": "that are partial authorizations (the rest of the request was authorized)",
+             "after_surgery": "in letters whose claimant had surgery", "fusion": "in letters whose claimant had a fusion",
+             "licensed_outside_ca": "whose reviewer is licensed outside California"}
+_NEG_BOOL = {"partial": "that are not partial authorizations", "after_surgery": "in letters that state no surgery",
+             "fusion": "in letters that state no fusion", "licensed_outside_ca": "whose reviewer is licensed in no state but California"}
+
+
+class FilterError(ValueError):
+    """A filter that cannot be applied: unknown field or value, conflicting conditions."""
+
+
+def canonical_value(name: str, value: str) -> str:
+    """The vocabulary's spelling of ``value`` (case-insensitive, spaces/hyphens as underscores);
+    ``FilterError`` listing the valid values when it is not one of them."""
+    fd = FIELDS[name]
+    if fd.values is None:
+        return value
+    def key(v: str) -> str:
+        return v.lower().replace("-", "_").replace(" ", "_")
+    for v in fd.values:
+        if key(v) == key(value):
+            return v
+    raise FilterError(f"{name}: unknown value {value!r}; valid values: {', '.join(fd.values)}")
+
+
+@dataclass
+class Cond:
+    field: str
+    values: tuple = ()  # text/set/contains: any of these
+    lo: Any = None  # int/date range, inclusive
+    hi: Any = None
+    negate: bool = False
+    words: str = ""  # the words of the question this came from
+
+    def __post_init__(self) -> None:
+        if self.field not in FIELDS:
+            raise FilterError(f"unknown filter field {self.field!r}; fields: {', '.join(FIELDS)}")
+        self.values = tuple(canonical_value(self.field, str(v)) for v in self.values)
+
+    @property
+    def fd(self) -> FieldDef:
+        return FIELDS[self.field]
+
+    # -- one predicate, three forms
+    def _positive(self, v: Any) -> bool:
+        k = self.fd.kind
+        if k == "bool":
+            return bool(v)
+        if v in (None, ""):
+            return False
+        if k == "text":
+            return str(v).lower() in {x.lower() for x in self.values}
+        if k == "set":
+            have = {x.lower() for x in str(v).strip("|").split("|") if x}
+            return any(x.lower() in have for x in self.values)
+        if k == "contains":
+            return any(x.lower() in str(v).lower() for x in self.values)
+        v = int(v) if k == "int" else str(v)
+        return (self.lo is None or v >= self.lo) and (self.hi is None or v <= self.hi)
+
+    def test(self, row: dict) -> bool:
+        return self._positive(row.get(self.fd.column)) != self.negate
+
+    def sql(self) -> tuple[str, list]:
+        col, k = f'"{self.fd.column}"', self.fd.kind
+        if k == "bool":
+            expr, args = f"coalesce({col}, 0) != 0", []
+        elif k == "text":
+            expr, args = f"lower(coalesce({col}, '')) IN ({','.join('?' * len(self.values))})", [v.lower() for v in self.values]
+        elif k in ("set", "contains"):
+            pat = "%|{}|%" if k == "set" else "%{}%"
+            expr = "(" + " OR ".join(f"lower(coalesce({col}, '')) LIKE ?" for _ in self.values) + ")"
+            args = [pat.format(v.lower()) for v in self.values]
+        else:
+            parts, args = [f"nullif({col}, '') IS NOT NULL"], []
+            if self.lo is not None:
+                parts.append(f"{col} >= ?"); args.append(self.lo)
+            if self.hi is not None:
+                parts.append(f"{col} <= ?"); args.append(self.hi)
+            expr = "(" + " AND ".join(parts) + ")"
+        return (f"NOT {expr}" if self.negate else expr), args
+
+    def sentence(self) -> str:
+        fd, k = self.fd, self.fd.kind
+        if k == "bool":
+            return (_NEG_BOOL.get(self.field, "not " + fd.noun) if self.negate else _POS_BOOL.get(self.field, fd.noun))
+        if k in ("int", "date"):
+            if self.lo is not None and self.hi is not None:
+                rng = f"{self.lo}" if self.lo == self.hi else f"from {self.lo} to {self.hi}"
+            elif self.lo is not None:
+                rng = f"{self.lo} or more" if k == "int" else f"on or after {self.lo}"
+            else:
+                rng = f"{self.hi} or fewer" if k == "int" else f"on or before {self.hi}"
+            return f"whose {fd.noun} is {'not ' if self.negate else ''}{rng}"
+        vals = " or ".join(self.values)
+        if self.field == "license_state":
+            return (f"whose reviewer holds no {vals} license" if self.negate else f"whose reviewer is licensed in {vals}")
+        return f"whose {fd.noun} is {'not ' if self.negate else ''}{vals}"
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"field": self.field}
+        if self.values:
+            d["values"] = list(self.values)
+        if self.lo is not None or self.hi is not None:
+            d["min"], d["max"] = self.lo, self.hi
+        d["negate"] = self.negate
+        if self.words:
+            d["words"] = self.words
+        return d
+
+
+@dataclass
+class Filters:
+    conds: list[Cond] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, **kw: Any) -> "Filters":
+        """Keyword form: ``Filters.of(decision="Upheld", region="lumbar", fusion=True)``; None is skipped,
+        False (or "false"/"no"/"0") on a yes/no field is its negation."""
+        f = cls()
+        for name, v in kw.items():
+            if v is None:
+                continue
+            if name not in FIELDS:
+                raise FilterError(f"unknown filter field {name!r}; fields: {', '.join(FIELDS)}")
+            if FIELDS[name].kind == "bool":
+                f.add(Cond(name, negate=str(v).lower() in ("0", "false", "no")))
+            elif isinstance(v, (list, tuple)):
+                f.add(Cond(name, tuple(v)))
+            else:
+                f.add(Cond(name, (v,)))
+        return f
+
+    def add(self, c: Cond) -> None:
+        if c not in self.conds:
+            self.conds.append(c)
+
+    def get(self, name: str) -> Cond | None:
+        return next((c for c in self.conds if c.field == name), None)
+
+    def active(self) -> bool:
+        return bool(self.conds)
+
+    def without(self, *names: str) -> "Filters":
+        return Filters([c for c in self.conds if c.field not in names])
+
+    def merged(self, other: "Filters") -> "Filters":
+        """Both sets of conditions (all must hold). A field given a different positive value set in
+        each (``--decision Upheld`` on "how many were overturned?") is a conflict, not a silent choice."""
+        out = Filters(list(self.conds))
+        for c in other.conds:
+            mine = [m for m in out.conds if m.field == c.field and not m.negate and not c.negate and m.values and c.values]
+            for m in mine:
+                if not set(m.values) & set(c.values):
+                    raise FilterError(f"conflicting filters: {m.sentence()} (from the question) and {c.sentence()} (from the options)")
+            out.add(c)
+        return out
+
+    def sql(self) -> tuple[str, list]:
+        parts, args = [], []
+        for c in self.conds:
+            e, a = c.sql()
+            parts.append(e)
+            args += a
+        return (" AND ".join(parts) or "1"), args
+
+    def match(self, row: dict) -> bool:
+        return all(c.test(row) for c in self.conds)
+
+    def facet_mask(self, facets: dict) -> np.ndarray:
+        """Chunks this filter keeps, from ``facets.npz`` (each column as codes into its distinct values):
+        the predicate runs once per distinct value, then a vectorised lookup."""
+        mask = np.ones(len(facets[next(iter(COLUMNS))]), dtype=bool)
+        for c in self.conds:
+            col = c.fd.column
+            vocab = facets[f"{col}__vocab"]
+            ok = np.fromiter((c.test({col: facet_value(c.fd, v)}) for v in vocab), dtype=bool, count=len(vocab))
+            mask &= ok[facets[col]]
+        return mask
+
+    def describe(self) -> str:
+        return ", ".join(c.sentence() for c in self.conds) or "none"
+
+    def to_dict(self) -> dict:
+        return {"conditions": [c.to_dict() for c in self.conds], "sentence": self.describe()}
+
+
+def row_values(rec, item_index: int) -> dict[str, Any]:
+    """Every filter column of one disputed item (``item_index`` -1: letter-level values only)."""
+    surg = rec.surgeries
+    states = [x.lower() for x in rec.reviewer.license_states]
+    row: dict[str, Any] = {
+        "letter_id": rec.letter_id, "decision_date": rec.decision_date or "", "date_of_injury": rec.date_of_injury or "",
+        "ur_denial_date": rec.ur_denial_date or "", "age": rec.claimant.age, "n_items": len(rec.items),
+        "had_surgery": int(bool(surg)), "had_fusion": int(any("fusion" in x.procedure.lower() for x in surg)),
+        "specialties": "|" + "|".join(rec.reviewer.specialties) + "|",
+        "license_states": "|" + "|".join(rec.reviewer.license_states) + "|", "n_states": len(states),
+        "licensed_outside_ca": int(bool(states) and any(x != "california" for x in states)),
+        "decision": "", "category": "", "drug_class": "", "regions": "|", "partial": 0, "quantity": None, "kind": "summary",
+    }
+    if item_index >= 0:
+        it = rec.items[item_index]
+        row.update(decision=it.decision, category=it.category or "other", drug_class=it.drug_class or "",
+                   regions="|" + "|".join(it.body_regions) + "|", partial=int(it.original_request is not None),
+                   quantity=it.quantity, kind="rationale")
+    return row
+
+
+def facet_value(fd: FieldDef, v: str) -> Any:
+    if v == "":
+        return None
+    return int(v) if fd.kind in ("bool", "int") else v
+
+
+def write_facets(rows: Iterable[tuple], path) -> None:
+    """Each filter column (rows in ``COLUMNS`` order, in chunk order) as int32 codes + distinct values."""
+    rows = list(rows)
+    out = {}
+    for k, col in enumerate(COLUMNS):
+        vocab, codes = np.unique(np.array(["" if r[k] is None else str(r[k]) for r in rows], dtype=str), return_inverse=True)
+        out[col] = codes.astype(np.int32)
+        out[f"{col}__vocab"] = vocab
+    with open(path, "wb") as f:
+        np.savez(f, **out)

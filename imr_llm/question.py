@@ -1,0 +1,511 @@
+"""Reading a question: the filters it states, what kind of answer it wants, and what was not understood.
+
+Deterministic and offline. Recognisers find phrases (decisions, categories, drug classes, regions,
+surgery history, reviewer licence and specialty, dates, ranges, partial authorizations); a negation
+cue just before a phrase ("not", "no", "without", "except", "other than", "excluding", "never")
+negates it; "A or B" within one kind becomes one condition with both values. Every character a
+recogniser used is marked; content words left unmarked are reported as not used, so an answer never
+silently counts something other than what was asked.
+"""
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass, field
+from datetime import date
+
+from . import drugs
+from . import lexicon as lx
+from .filters import Cond, Filters
+
+I = re.IGNORECASE
+
+
+@dataclass
+class Reading:
+    question: str
+    mode: str  # count | list | why
+    filters: Filters
+    unused: list[str] = field(default_factory=list)
+    refused: str | None = None  # why the question cannot be answered as asked
+
+    def sentence(self) -> str:
+        what = {"count": "Counting disputed items", "list": "Listing disputed items", "why": "Searching the reasons of disputed items"}[self.mode]
+        conds = self.filters.describe()
+        s = f"{what} {conds}" if self.filters.active() else f"{what} (no filter: all of them)"
+        if self.unused:
+            s += f". Not used from the question: {', '.join(repr(w) for w in self.unused)}"
+        return s + "."
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "filters": self.filters.to_dict(), "unused_words": self.unused,
+                "sentence": self.sentence(), "refused": self.refused}
+
+
+# --- vocabularies ---------------------------------------------------------------------------------
+
+_NEG = re.compile(r"(?:\b(?:not|no|without|except(?:\s+for)?|other\s+than|excluding|exclude|never|aside\s+from|besides|"
+                  r"apart\s+from|but\s+not|isn't|wasn't|weren't|aren't|didn't|don't|doesn't|none\s+of)\b|\bnon-?)"
+                  r"(?:\s+(?:a|an|any|the|those|ones?|been|be|get|got|being|in|for|were|was|by|from|to|of|with|prior|previous))*\s*$", I)
+
+_DECISIONS = [
+    ("Upheld", r"\b(?:upheld|uphold\w*|denied|denials?|den(?:y|ies)|rejected|not\s+medically\s+necessary|not\s+approved|refused)\b"),
+    ("Overturned", r"\b(?:overturn\w*|approved|granted|reversed|medically\s+necessary)\b"),
+]
+
+_DRUG_CLASS_WORDS = [
+    ("opioid", r"opioids?|opiates?|narcotics?|pain\s*killers?"),
+    ("nsaid", r"nsaids?|anti-?inflammator(?:y|ies)(?:\s+drugs?)?"),
+    ("muscle_relaxant", r"muscle\s+relaxants?"),
+    ("anticonvulsant", r"anti-?convulsants?|anti-?epilep\w+(?:\s+drugs?)?|neuropathic\s+(?:pain\s+)?(?:drugs?|medications?)"),
+    ("antidepressant", r"anti-?depressants?"),
+    ("topical", r"topicals?(?!\s+compound)(?:\s+(?:analgesics?|patch(?:es)?|creams?))?"),
+    ("compounded", r"compound(?:ed|s)?(?:\s+(?:drugs?|creams?|medications?|topicals?))?"),
+    ("benzodiazepine", r"benzodiazepines?|benzos?"),
+    ("sleep_aid", r"sleep\s+(?:aids?|medications?)|hypnotics?|sedatives?"),
+    ("ppi_gi", r"proton\s+pump\s+inhibitors?|ppis?|(?:gi|stomach|gastric)\s+(?:drugs?|medications?|protect\w*)"),
+]
+_DRUG_CLASS_RES = [(c, re.compile(rf"\b(?:{p})\b", I)) for c, p in _DRUG_CLASS_WORDS]
+
+# Category words as people say them (the letter lexicon also applies, see _categories)
+_CATEGORY_WORDS = [
+    ("physical_therapy", r"physical\s+therap\w*|\bPT\b|physiotherap\w*|occupational\s+therap\w*"),
+    ("medication", r"medications?|drugs?|pharmacy|prescriptions?|pharmaceuticals?|meds"),
+    ("imaging", r"imaging|scans?|MRIs?|CTs?|x-?rays?"),
+    ("diagnostic", r"diagnostic\s+tests?|electrodiagnostic\w*|EMGs?|NCVs?|NCSs?|labs?|lab\s+tests?"),
+    ("injection", r"injections?|ESIs?|epidurals?|facet\s+(?:blocks?|injections?)|nerve\s+blocks?|trigger\s+points?"),
+    ("dme", r"DME|durable\s+medical\s+equipment|equipment|braces?|TENS(?:\s+units?)?|supplies"),
+    ("surgery", r"surgery\s+requests?|surgical\s+requests?|operations?|(?:requests?\s+for\s+)?surger(?:y|ies)(?=\s+(?:requests?|were|was|that|overturned|upheld|denied|approved))"),
+    ("consultation", r"consult\w*|office\s+visits?|follow[- ]?ups?|referrals?|evaluations?"),
+    ("home_health", r"home\s+health|home\s+care|nursing"),
+    ("program", r"functional\s+restoration|programs?|gym\s+memberships?"),
+    ("modality", r"modalit(?:y|ies)|infrared|shock\s*wave|ESWT|traction|massage|heat\s+therapy"),
+    ("transportation", r"transportation|transport"),
+    ("acupuncture", r"acupuncture"),
+    ("chiropractic", r"chiropract\w*|chiro|manipulation"),
+    ("psych", r"psych\w*|cognitive\s+behavio\w*|CBT|counsel+ing|biofeedback"),
+]
+_CATEGORY_RES = [(c, re.compile(rf"\b(?:{p})\b", I)) for c, p in _CATEGORY_WORDS]
+
+_SPINE = ("cervical", "thoracic", "lumbar", "sacral", "spine")
+
+_SPECIALTIES = [
+    ("Orthopedic", r"orthop(?:a)?edic(?:\s+surg(?:eons?|ery))?|orthop(?:a)?edists?"),
+    ("Physical Medicine", r"physiatrists?|physical\s+medicine(?:\s+(?:&|and)\s+rehabilitation)?|PM&R|PMR"),
+    ("Pain Management", r"pain\s+(?:management|medicine)(?:\s+(?:specialists?|physicians?|doctors?))?|pain\s+specialists?"),
+    ("Family Practice", r"family\s+(?:practice|medicine|physicians?|doctors?)"),
+    ("Internal Medicine", r"internal\s+medicine|internists?"),
+    ("Neurology", r"neurologists?|neurology"),
+    ("Neurological Surgery", r"neurosurgeons?|neurological\s+surg(?:eons?|ery)"),
+    ("Psychiatry", r"psychiatrists?|psychiatry"),
+    ("Psycholog", r"psychologists?|psychology"),
+    ("Anesthesiology", r"anesthesiologists?|anesthesiology"),
+    ("Occupational Medicine", r"occupational\s+medicine|occupational\s+(?:health\s+)?physicians?"),
+    ("Chiropractic", r"chiropractors?"),
+    ("Acupuncture", r"acupuncturists?"),
+    ("Sports Medicine", r"sports\s+medicine"),
+    ("Emergency Medicine", r"emergency\s+medicine"),
+    ("Preventive Medicine", r"preventive\s+medicine"),
+    ("Rheumatology", r"rheumatologists?|rheumatology"),
+    ("Podiatr", r"podiatrists?|podiatry|podiatric"),
+    ("Plastic Surgery", r"plastic\s+surg(?:eons?|ery)"),
+    ("Hand Surgery", r"hand\s+surg(?:eons?|ery)"),
+]
+_SPECIALTY_RE = re.compile("|".join(f"(?P<s{i}>\\b(?:{p})\\b)" for i, (_, p) in enumerate(_SPECIALTIES)), I)
+_REVIEWER_CTX = re.compile(r"\b(?:reviewers?|reviewed|decided|decisions?\s+(?:by|from)|by|from|specialists?|surgeons?|"
+                           r"physicians?|doctors?|board[- ]certified|specializ\w*|specialt\w*)\b", I)
+
+_MONTHS = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+_YEAR = r"(?:19|20)\d{2}"
+_NUMW = r"(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)"
+
+_STOP = set("""a an the of in on at to for from by with and or as is are was were be been being do does did has have had
+how many much which what who whom whose why when where that this these those there their its it they them me my i we our you
+your show list give tell count number all any some each every per than then so such only just also please decisions decision
+letters letter items item requests request cases case disputed dispute services service treatment treatments came come made
+reviewers reviewer reviewed imr find get total were was ones one answer results matching match about did getting
+claimant claimants patient patients worker workers applicant applicants employee employees people person""".split())
+
+
+# --- the reader -------------------------------------------------------------------------------------
+
+class _Marks:
+    def __init__(self, text: str):
+        self.text = text
+        self.used = [False] * len(text)
+
+    def free(self, s: int, e: int) -> bool:
+        return not any(self.used[s:e])
+
+    def mark(self, s: int, e: int) -> None:
+        for i in range(s, e):
+            self.used[i] = True
+
+    def unused_words(self) -> list[str]:
+        out = []
+        for m in re.finditer(r"[A-Za-z][A-Za-z'-]*|\d+", self.text):
+            if self.free(m.start(), m.end()) and m.group().lower() not in _STOP and len(m.group()) > 1:
+                out.append(m.group())
+        return out
+
+
+def _negated(text: str, start: int) -> tuple[bool, int]:
+    """Is the phrase at ``start`` negated by the words just before it? (and where the cue starts)"""
+    m = _NEG.search(text[max(0, start - 40):start])
+    if not m:
+        return False, start
+    return True, max(0, start - 40) + m.start()
+
+
+def _alternatives(text: str, hits: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:
+    """Group hits of one kind joined by "or"/","/"and"/"nor" into alternatives; others stand alone."""
+    groups: list[list[tuple[str, int, int]]] = []
+    for h in sorted(hits, key=lambda h: h[1]):
+        if groups and re.fullmatch(r"\s*(?:,|/|or|and|nor|,\s*or|,\s*and|and/or)\s*(?:the\s+)?", text[groups[-1][-1][2]:h[1]], I):
+            groups[-1].append(h)
+        else:
+            groups.append([h])
+    return groups
+
+
+def _add_groups(f: Filters, marks: _Marks, name: str, hits: list[tuple[str, int, int]]) -> None:
+    text = marks.text
+    for g in _alternatives(text, hits):
+        s, e = g[0][1], g[-1][2]
+        neg, ns = _negated(text, s)
+        vals = tuple(dict.fromkeys(v for v, _, _ in g))
+        existing = next((c for c in f.conds if c.field == name and c.negate == neg), None)
+        if existing is not None:  # "PT ... and acupuncture" said apart: still one set of alternatives
+            existing.values = tuple(dict.fromkeys(existing.values + vals))
+            existing.words += " / " + text[ns:e]
+        else:
+            f.add(Cond(name, vals, negate=neg, words=text[ns:e]))
+        marks.mark(ns, e)
+
+
+def read(question: str, latest: str | None = None) -> Reading:
+    """The reading of ``question``; ``latest`` (ISO date, the newest decision in the store) anchors
+    "last year" / "this year" / "last month"."""
+    text = question
+    marks = _Marks(text)
+    f = Filters()
+    mode = _mode(text, marks)
+    _partial(text, marks, f)
+    _license(text, marks, f)
+    _specialty(text, marks, f)
+    _surgery(text, marks, f)
+    _ranges(text, marks, f)
+    _dates(text, marks, f, latest)
+    _drug_classes(text, marks, f)
+    _categories(text, marks, f)
+    _regions(text, marks, f)
+    _decision(text, marks, f)
+    unused = marks.unused_words()
+    refused = None
+    if unused and not f.active() and mode in ("count", "list"):
+        refused = (f"I could not read a filter in this question (not understood: {', '.join(unused)}); "
+                   "nothing was counted. Ask with a decision, category, drug class, body region, reviewer licence "
+                   "or specialty, date, quantity, or partial authorization.")
+    return Reading(question, mode, f, unused, refused)
+
+
+def _mode(text: str, marks: _Marks) -> str:
+    for mode, rx in (("count", r"^\s*(?:how\s+many|how\s+often|number\s+of|count(?:\s+the)?|what\s+(?:is\s+the\s+)?(?:share|fraction|percentage|proportion|number)\s+of)\b"),
+                     ("list", r"^\s*(?:which|list(?:\s+the|\s+all)?|show\s+(?:me\s+)?(?:all|the)?|find(?:\s+all)?|what)\b(?!.*\bwhy\b)")):
+        m = re.search(rx, text, I)
+        if m:
+            marks.mark(m.start(), m.end())
+            return mode
+    m = re.search(r"\b(?:why|what\s+(?:were|are)\s+the\s+(?:reasons|grounds)|on\s+what\s+grounds|reasons?|grounds|rationale)\b", text, I)
+    if m:
+        marks.mark(m.start(), m.end())
+    return "why"
+
+
+def _partial(text: str, marks: _Marks, f: Filters) -> None:
+    for m in re.finditer(r"\b(?:partial(?:ly)?\s+(?:authoriz\w*|approv\w*|certif\w*|modif\w*|overturn\w*)|partial(?:s)?|"
+                         r"modified\s+(?:by\s+(?:the\s+)?(?:UR|utilization\s+review|claims\s+administrator))?|"
+                         r"(?:the\s+)?remaining\s+(?:IMR\s+)?(?:eligible\s+)?portion)\b", text, I):
+        if marks.free(m.start(), m.end()):
+            neg, ns = _negated(text, m.start())
+            f.add(Cond("partial", negate=neg, words=text[ns:m.end()]))
+            marks.mark(ns, m.end())
+
+
+def _license(text: str, marks: _Marks, f: Filters) -> None:
+    states = "|".join(sorted((re.escape(s) for s in lx.US_STATE_NAMES), key=len, reverse=True))
+    for m in re.finditer(r"\b(?:licensed|licenced|license[ds]?|licensure)\s+(?:only\s+)?(?:outside(?:\s+of)?|out\s+of|beyond)\s+California\b|"
+                         r"\bout[- ]of[- ]state\b|\bnon-California\b", text, I):
+        neg, ns = _negated(text, m.start())
+        f.add(Cond("licensed_outside_ca", negate=neg, words=text[ns:m.end()]))
+        marks.mark(ns, m.end())
+    rx = re.compile(rf"\b(?P<lic>(?:licensed|licenced|a\s+license|licenses?|licensure)\s+(?P<only>only\s+)?(?:to\s+practice\s+)?in\s+)"
+                    rf"(?:the\s+state\s+of\s+)?(?P<st>(?:{states})(?:\s*(?:,|or|and|/)\s*(?:{states}))*)\b", I)
+    for m in rx.finditer(text):
+        if not marks.free(m.start(), m.end()):
+            continue
+        vals = tuple(s.strip().title() for s in re.findall(rf"{states}", m.group("st"), I))
+        neg, ns = _negated(text, m.start())
+        f.add(Cond("license_state", vals, negate=neg, words=text[ns:m.end()]))
+        if m.group("only") and not neg:
+            f.add(Cond("license_count", lo=1, hi=1, words=m.group("only")))
+        marks.mark(ns, m.end())
+    # "California-licensed reviewers", "reviewers from Texas"
+    for m in re.finditer(rf"\b(?P<st>{states})[- ]licensed\b|\breviewers?\s+(?:from|in)\s+(?P<st2>{states})\b", text, I):
+        if marks.free(m.start(), m.end()):
+            neg, ns = _negated(text, m.start())
+            f.add(Cond("license_state", ((m.group("st") or m.group("st2")).title(),), negate=neg, words=text[ns:m.end()]))
+            marks.mark(ns, m.end())
+
+
+def _specialty(text: str, marks: _Marks, f: Filters) -> None:
+    hits = []
+    for m in _SPECIALTY_RE.finditer(text):
+        if not marks.free(m.start(), m.end()):
+            continue
+        around = text[max(0, m.start() - 40):m.end() + 25]
+        if not _REVIEWER_CTX.search(around):
+            continue  # "chiropractic requests" is a category, "by chiropractors" a reviewer
+        hits.append((_SPECIALTIES[int(m.lastgroup[1:])][0], m.start(), m.end()))
+    _add_groups(f, marks, "specialty", hits)
+
+
+def _surgery(text: str, marks: _Marks, f: Filters) -> None:
+    rx = re.compile(r"\b(?:after|following|post[- ]?|status\s+post|s/p|with\s+(?:a\s+)?(?:prior|previous|history\s+of)|"
+                    r"who\s+(?:had|underwent)|had\s+(?:a\s+|an\s+)?(?:prior\s+|previous\s+)?|history\s+of|without\s+(?:a\s+|any\s+)?(?:prior\s+)?|"
+                    r"no\s+(?:prior\s+|previous\s+)?|never\s+had\s+(?:a\s+)?)\s*(?:\w+[\s-]+){0,3}?"
+                    r"(?P<what>fusions?|surger(?:y|ies)|surgical|operations?|operative|op)\b(?:\s+(?:surger(?:y|ies)|operations?))?", I)
+    for m in rx.finditer(text):
+        if not marks.free(m.start("what"), m.end("what")):
+            continue
+        neg = bool(re.match(r"(?:without|no\b|never)", m.group(), I))
+        pre_neg, ns = _negated(text, m.start())
+        neg = neg or pre_neg
+        field_ = "fusion" if m.group("what").lower().startswith("fusion") else "after_surgery"
+        f.add(Cond(field_, negate=neg, words=text[min(ns, m.start()):m.end()]))
+        marks.mark(min(ns, m.start()), m.end())
+
+
+_CMP = [
+    (r"(?:more|greater|longer|older)\s+than|over|above|exceeding|beyond", "gt"),
+    (r"(?:fewer|less|younger|shorter)\s+than|under|below", "lt"),
+    (r"at\s+least|no\s+(?:fewer|less)\s+than|a\s+minimum\s+of|minimum(?:\s+of)?", "ge"),
+    (r"at\s+most|no\s+more\s+than|up\s+to|a\s+maximum\s+of|maximum(?:\s+of)?", "le"),
+    (r"exactly", "eq"),
+]
+_CMP_RE = "|".join(f"(?P<{op}>{p})" for p, op in _CMP)
+_RANGE_UNITS = [
+    ("quantity", r"sessions?|visits?|treatments?|tablets?|pills?|units?|refills?"),
+    ("items_in_letter", r"(?:disputed\s+)?(?:items?|requests?|services?|treatments?)\s+(?:in\s+(?:the|one|a)\s+letter|per\s+letter)|(?:disputed\s+)?items?"),
+    ("license_count", r"states?"),
+    ("claimant_age", r"years?(?:\s+old)?|(?:years?\s+)?of\s+age"),
+]
+
+
+def _num(s: str) -> int:
+    return int(s) if s.isdigit() else lx.NUMBER_WORDS.get(s.lower(), {"fifty": 50, "seventy": 70, "eighty": 80}.get(s.lower(), 0))
+
+
+def _ranges(text: str, marks: _Marks, f: Filters) -> None:
+    for name, unit in _RANGE_UNITS:
+        # "more than 12 sessions", "at least 3 items", "2 or more states", "between 6 and 12 visits", "12 sessions or fewer"
+        pats = [
+            rf"\b(?:{_CMP_RE})\s+(?P<n>{_NUMW})\s+(?:\w+\s+){{0,2}}?(?:{unit})\b",
+            rf"\b(?P<n2>{_NUMW})\s+or\s+(?P<dir>more|fewer|less|greater|older|younger)\s+(?:\w+\s+){{0,2}}?(?:{unit})\b",
+            rf"\b(?P<n3>{_NUMW})\s+(?:\w+\s+){{0,2}}?(?:{unit})\s+or\s+(?P<dir2>more|fewer|less)\b",
+            rf"\bbetween\s+(?P<a>{_NUMW})\s+and\s+(?P<b>{_NUMW})\s+(?:\w+\s+){{0,2}}?(?:{unit})\b",
+        ]
+        for p in pats:
+            for m in re.finditer(p, text, I):
+                if not marks.free(m.start(), m.end()):
+                    continue
+                lo, hi = _bounds(m)
+                neg, ns = _negated(text, m.start())
+                f.add(Cond(name, lo=lo, hi=hi, negate=neg, words=text[ns:m.end()]))
+                marks.mark(ns, m.end())
+                lead = re.search(r"\b(?:licensed|licenced|with\s+licenses)\s+in\s+$", text[:ns], I)
+                if name == "license_count" and lead:
+                    marks.mark(lead.start(), ns)
+    # claimants "over 60", "aged 40 to 60", "older than 50", "under 40"
+    for m in re.finditer(rf"\b(?:claimants?|patients?|workers?|applicants?|employees?|injured\s+workers?)\s+(?:who\s+(?:are|were)\s+)?"
+                         rf"(?:(?:aged?\s+)?(?:{_CMP_RE})\s+(?P<n>{_NUMW})|aged?\s+(?P<a>{_NUMW})\s*(?:to|-|and)\s*(?P<b>{_NUMW})|"
+                         rf"(?P<n2>{_NUMW})\s+or\s+(?P<dir>older|younger|over|under))(?:\s+years?(?:\s+old)?)?", text, I):
+        if marks.free(m.start(), m.end()):
+            lo, hi = _bounds(m)
+            f.add(Cond("claimant_age", lo=lo, hi=hi, words=m.group()))
+            marks.mark(m.start(), m.end())
+
+
+def _bounds(m: re.Match) -> tuple[int | None, int | None]:
+    g = m.groupdict()
+    if g.get("a"):
+        return _num(g["a"]), _num(g["b"])
+    n = _num(g.get("n") or g.get("n2") or g.get("n3"))
+    d = (g.get("dir") or g.get("dir2") or "").lower()
+    if d:
+        return (n, None) if d in ("more", "greater", "older", "over") else (None, n)
+    if g.get("gt"):
+        return n + 1, None
+    if g.get("lt"):
+        return None, n - 1
+    if g.get("ge"):
+        return n, None
+    if g.get("le"):
+        return None, n
+    return n, n
+
+
+def _date_field(text: str) -> str:
+    if re.search(r"\binjur(?:y|ed|ies)\b|date\s+of\s+injury|\bDOI\b", text, I):
+        return "date_of_injury"
+    if re.search(r"\b(?:UR|utilization\s+review)\s+(?:denial|denied|decision)|denied\s+by\s+(?:UR|utilization\s+review)", text, I):
+        return "ur_denial_date"
+    return "decision_date"
+
+
+def _month_no(s: str) -> int:
+    return lx.MONTHS[s.lower().rstrip(".")[:3] if s.lower()[:4] != "sept" else "sept"]
+
+
+def _dates(text: str, marks: _Marks, f: Filters, latest: str | None) -> None:
+    fld = _date_field(text)
+    M, Y = _MONTHS, _YEAR
+    spans: list[tuple[int, int, str | None, str | None]] = []
+
+    def period(mon: str | None, yr: str | None) -> tuple[str, str] | None:
+        if yr is None and latest:
+            yr = latest[:4]
+        if yr is None:
+            return None
+        y = int(yr)
+        if mon is None:
+            return f"{y}-01-01", f"{y}-12-31"
+        mo = _month_no(mon)
+        return f"{y}-{mo:02d}-01", f"{y}-{mo:02d}-{calendar.monthrange(y, mo)[1]:02d}"
+
+    for m in re.finditer(rf"\bbetween\s+(?P<m1>{M})?\s*(?P<y1>{Y})?\s+and\s+(?P<m2>{M})?\s*(?P<y2>{Y})?\b", text, I):
+        if not (m.group("m1") or m.group("y1")) or not (m.group("m2") or m.group("y2")):
+            continue
+        y2 = m.group("y2") or m.group("y1")
+        a, b = period(m.group("m1"), m.group("y1") or y2), period(m.group("m2"), y2)
+        if a and b:
+            spans.append((m.start(), m.end(), a[0], b[1]))
+    for m in re.finditer(rf"\b(?P<kw>in|during|for|from|of|since|after|before|until|prior\s+to|by)?\s*(?P<m>{M})?\s*,?\s*(?P<y>{Y})\b|"
+                         rf"\b(?P<kw2>in|during|since|after|before|until)\s+(?P<m2>{M})\b(?!\s*,?\s*{Y})", text, I):
+        mon, yr = m.group("m") or m.group("m2"), m.group("y")
+        kw = (m.group("kw") or m.group("kw2") or "in").lower()
+        if not (mon or yr):
+            continue
+        p = period(mon, yr)
+        if not p:
+            continue
+        lo, hi = {"since": (p[0], None), "after": (_next_day(p[1]), None), "before": (None, _prev_day(p[0])),
+                  "until": (None, p[1]), "prior to": (None, _prev_day(p[0])), "by": (None, p[1])}.get(kw, p)
+        spans.append((m.start(), m.end(), lo, hi))
+    if latest:
+        ly = int(latest[:4])
+        for m in re.finditer(r"\b(?P<w>last|this|past|previous)\s+(?P<u>year|month)\b", text, I):
+            if m.group("u").lower() == "year":
+                y = ly - (1 if m.group("w").lower() in ("last", "previous") and m.group("w").lower() != "past" else 0)
+                lo, hi = (f"{y}-01-01", f"{y}-12-31") if m.group("w").lower() != "past" else (_minus_year(latest), latest)
+            else:
+                yy, mm = int(latest[:4]), int(latest[5:7])
+                if m.group("w").lower() in ("last", "previous"):
+                    yy, mm = (yy - 1, 12) if mm == 1 else (yy, mm - 1)
+                lo, hi = f"{yy}-{mm:02d}-01", f"{yy}-{mm:02d}-{calendar.monthrange(yy, mm)[1]:02d}"
+            spans.append((m.start(), m.end(), lo, hi))
+    for s, e, lo, hi in spans:
+        if marks.free(s, e):
+            neg, ns = _negated(text, s)
+            f.add(Cond(fld, lo=lo, hi=hi, negate=neg, words=text[ns:e].strip()))
+            marks.mark(ns, e)
+    if any(c.field == fld for c in f.conds):
+        for m in re.finditer(r"\b(?:decided|decision\s+dates?|decisions?\s+(?:dated|made)|date\s+of\s+injury|injur(?:y|ed|ies)|"
+                             r"(?:UR|utilization\s+review)\s+(?:denial|denied|decision)s?|denied\s+by\s+(?:UR|utilization\s+review))\b", text, I):
+            marks.mark(m.start(), m.end())
+
+
+def _next_day(iso: str) -> str:
+    return date.fromordinal(date.fromisoformat(iso).toordinal() + 1).isoformat()
+
+
+def _prev_day(iso: str) -> str:
+    return date.fromordinal(date.fromisoformat(iso).toordinal() - 1).isoformat()
+
+
+def _minus_year(iso: str) -> str:
+    d = date.fromisoformat(iso)
+    return d.replace(year=d.year - 1, day=min(d.day, 28)).isoformat()
+
+
+def _drug_classes(text: str, marks: _Marks, f: Filters) -> None:
+    hits = []
+    for cls, rx in _DRUG_CLASS_RES:
+        for m in rx.finditer(text):
+            if marks.free(m.start(), m.end()):
+                hits.append((cls, m.start(), m.end()))
+    # a drug by name stands for its class ("Norco requests" -> opioid)
+    for name, cls, _dwc, s, e in drugs.drugs_in(text):
+        if marks.free(s, e) and not any(a <= s < b for _, a, b in hits):
+            hits.append((cls, s, e))
+    _add_groups(f, marks, "drug_class", hits)
+
+
+def _categories(text: str, marks: _Marks, f: Filters) -> None:
+    hits = []
+    for cat, rx in _CATEGORY_RES:
+        for m in rx.finditer(text):
+            if marks.free(m.start(), m.end()) and not any(a < m.end() and m.start() < b for _, a, b in hits):
+                hits.append((cat, m.start(), m.end()))
+    for cat, rx in lx._CATEGORY_RES:  # the letters' own words ("ESI", "TENS", "Functional capacity evaluation")
+        for m in rx.finditer(text):
+            if marks.free(m.start(), m.end()) and not any(a < m.end() and m.start() < b for _, a, b in hits):
+                if cat == "medication" and re.fullmatch(r"\d.*|#.*", m.group()):
+                    continue
+                hits.append((cat, m.start(), m.end()))
+    dc = f.get("drug_class")
+    if dc is not None and not dc.negate:
+        hits = [h for h in hits if h[0] != "medication"]  # a class already says medication
+    _add_groups(f, marks, "category", hits)
+    med = next((c for c in f.conds if c.field == "category" and not c.negate and c.values == ("medication",)), None)
+    if med is None and dc is not None and dc.negate:
+        pass  # "other than opioids" with no category word: all items except opioid ones
+
+
+def _regions(text: str, marks: _Marks, f: Filters) -> None:
+    hits = []
+    for reg, rx in lx._REGION_RES:
+        for m in rx.finditer(text):
+            if marks.free(m.start(), m.end()) and not any(a < m.end() and m.start() < b for _, a, b in hits):
+                hits.append((reg, m.start(), m.end()))
+    spec = [h for h in hits if h[0] in _SPINE and h[0] != "spine"]
+    out = []
+    for h in hits:
+        if h[0] == "spine":
+            if any(abs(h[1] - s2[2]) <= 1 or abs(s2[1] - h[2]) <= 1 for s2 in spec):
+                marks.mark(h[1], h[2])  # "lumbar spine": the part says it
+                continue
+            for part in _SPINE:  # "spine" alone: any spinal region
+                out.append((part, h[1], h[2]))
+            continue
+        out.append(h)
+    _add_groups(f, marks, "region", out)
+
+
+def _decision(text: str, marks: _Marks, f: Filters) -> None:
+    hits = []
+    for dec, p in _DECISIONS:
+        for m in re.finditer(p, text, I):
+            if marks.free(m.start(), m.end()) and not any(a < m.end() and m.start() < b for _, a, b in hits):
+                hits.append((dec, m.start(), m.end()))
+    # "upheld or overturned" says nothing: drop a group holding both
+    for g in _alternatives(text, hits):
+        vals = {v for v, _, _ in g}
+        s, e = g[0][1], g[-1][2]
+        if len(vals) > 1:
+            marks.mark(s, e)
+            continue
+        neg, ns = _negated(text, s)
+        dec = g[0][0]
+        f.add(Cond("decision", (dec,), negate=neg, words=text[ns:e]))
+        marks.mark(ns, e)
