@@ -272,6 +272,7 @@ def run_qa(suite: Path, s, k: int = 6) -> dict:
         vals = [r[key] for r in rows if key in r]
         return round(sum(vals) / len(vals), 4) if vals else None
 
+    reading = run_reading(suite, idx) if (suite / "reading.jsonl").is_file() else None
     return {
         "kind": "qa", "suite": str(suite), "model": s.label, "questions": len(rows), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "citation_recall": mean("citation_recall"), "citation_precision": mean("citation_precision"),
@@ -279,7 +280,79 @@ def run_qa(suite: Path, s, k: int = 6) -> dict:
         "count_exact_match": round(sum(r["count_exact"] for r in rows if "count_exact" in r) / max(1, sum("count_exact" in r for r in rows)), 4),
         "must_not_cite_violations": sum(len(r["must_not_cite_violations"]) for r in rows),
         "rows": rows,
+        **({"reading": reading} if reading else {}),
     }
+
+
+# --- reading questions: filters as asked, counts against gold -----------------------------------------
+
+def _cond_key(c: dict) -> tuple:
+    return (c["field"], tuple(sorted(c.get("values", ()))), c.get("min"), c.get("max"), bool(c.get("negate", False)))
+
+
+def _ns(x: Any) -> Any:
+    """Gold JSON as attribute objects, for ``filters.row_values``."""
+    from types import SimpleNamespace
+
+    if isinstance(x, dict):
+        return SimpleNamespace(**{k: _ns(v) for k, v in x.items()})
+    if isinstance(x, list):
+        return [_ns(v) for v in x]
+    return x
+
+
+def gold_rows(gold: dict[str, dict]) -> tuple[list[dict], set[str]]:
+    """One filter row per gold item, and the fields some gold file lacks (counts needing them are not scored)."""
+    from .filters import row_values
+
+    rows, missing = [], set()
+    for lid, g in gold.items():
+        if "surgeries" not in g:
+            missing |= {"after_surgery", "fusion"}
+        g = {"surgeries": [], "reviewer": {"specialties": [], "license_states": []}, "claimant": {"age": None},
+             "decision_date": None, "date_of_injury": None, "ur_denial_date": None, **g, "letter_id": lid}
+        g["items"] = [{"original_request": None, "drug_class": None, "quantity": None, **it} for it in g["items"]]
+        rec = _ns(g)
+        rows += [row_values(rec, i) for i in range(len(g["items"]))]
+    return rows, missing
+
+
+def run_reading(suite: Path, idx) -> dict:
+    """Each question of ``reading.jsonl``: is it read as expected (mode, filters, refusal), and is the
+    count the tool gives (from the extracted records) the count the gold records give?"""
+    from .answer import ask, latest_decision
+    from .filters import Cond, Filters
+    from .question import read
+
+    gold = load_gold(suite)
+    rows_gold, missing = gold_rows(gold)
+    latest = latest_decision(idx)
+    out = []
+    for line in (suite / "reading.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        q = json.loads(line)
+        r = read(q["question"], latest)
+        want = sorted(_cond_key(c) for c in q.get("filters", []))
+        got = sorted(_cond_key(c.to_dict()) for c in r.filters.conds)
+        refuse = bool(q.get("refuse"))
+        ok = r.mode == q["mode"] and (bool(r.refused) == refuse) and (refuse or want == got)
+        row = {"question": q["question"], "read_ok": ok, "sentence": r.sentence(), "expected": q.get("filters", []),
+               "got": [c.to_dict() for c in r.filters.conds], "refused": r.refused}
+        if not refuse and q["mode"] == "count":
+            exp = Filters([Cond(c["field"], tuple(c.get("values", ())), c.get("min"), c.get("max"), c.get("negate", False))
+                           for c in q.get("filters", [])])
+            if missing & {c.field for c in exp.conds}:
+                row["count_scored"] = False
+            else:
+                row["count_expected"] = sum(1 for x in rows_gold if exp.match(x))
+                row["count_got"] = ask(idx, q["question"]).count
+                row["count_ok"] = row["count_got"] == row["count_expected"]
+        out.append(row)
+    scored = [x for x in out if "count_ok" in x]
+    return {"questions": len(out), "reading_accuracy": round(sum(x["read_ok"] for x in out) / max(1, len(out)), 4),
+            "count_questions": len(scored), "count_accuracy": round(sum(x["count_ok"] for x in scored) / max(1, len(scored)), 4),
+            "rows": out}
 
 
 # --- HTML ---------------------------------------------------------------------------------------------

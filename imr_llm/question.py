@@ -46,7 +46,8 @@ class Reading:
 
 _NEG = re.compile(r"(?:\b(?:not|no|without|except(?:\s+for)?|other\s+than|excluding|exclude|never|aside\s+from|besides|"
                   r"apart\s+from|but\s+not|isn't|wasn't|weren't|aren't|didn't|don't|doesn't|none\s+of)\b|\bnon-?)"
-                  r"(?:\s+(?:a|an|any|the|those|ones?|been|be|get|got|being|in|for|were|was|by|from|to|of|with|prior|previous))*\s*$", I)
+                  r"(?:\s+(?:a|an|any|the|those|ones?|been|be|get|got|being|in|for|were|was|by|from|to|of|with|prior|previous|"
+                  r"decided|dated|made|issued|filed|injured|reviewed|requested))*\s*$", I)
 
 _DECISIONS = [
     ("Upheld", r"\b(?:upheld|uphold\w*|denied|denials?|den(?:y|ies)|rejected|not\s+medically\s+necessary|not\s+approved|refused)\b"),
@@ -250,6 +251,13 @@ def _license(text: str, marks: _Marks, f: Filters) -> None:
         if m.group("only") and not neg:
             f.add(Cond("license_count", lo=1, hi=1, words=m.group("only")))
         marks.mark(ns, m.end())
+    # "without a California license", "holding a Texas license"
+    for m in re.finditer(rf"\b(?:an?\s+)?(?P<st>(?:{states})(?:\s*(?:,|or|and|/)\s*(?:{states}))*)\s+(?:medical\s+)?licen[cs]es?\b", text, I):
+        if marks.free(m.start(), m.end()):
+            vals = tuple(x.strip().title() for x in re.findall(rf"{states}", m.group("st"), I))
+            neg, ns = _negated(text, m.start())
+            f.add(Cond("license_state", vals, negate=neg, words=text[ns:m.end()]))
+            marks.mark(ns, m.end())
     # "California-licensed reviewers", "reviewers from Texas"
     for m in re.finditer(rf"\b(?P<st>{states})[- ]licensed\b|\breviewers?\s+(?:from|in)\s+(?P<st2>{states})\b", text, I):
         if marks.free(m.start(), m.end()):

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.markup import escape
+from rich.text import Text
 
 from .common import die, get_settings
 
@@ -89,9 +90,12 @@ def qa(
     model: Optional[str] = typer.Option(None, "--model", "-m"),
     out: Optional[Path] = typer.Option(None, "--out"),
     min_citation_recall: Optional[float] = typer.Option(None, "--min-citation-recall"),
+    min_reading_accuracy: Optional[float] = typer.Option(None, "--min-reading-accuracy", help="questions of reading.jsonl read as expected"),
+    min_count_accuracy: Optional[float] = typer.Option(None, "--min-count-accuracy", help="reading.jsonl counts equal to the gold counts"),
     k: int = typer.Option(6, "--k"),
 ) -> None:
-    """Citation recall/precision, must-not-cite violations, fact coverage and count exact match."""
+    """Citation recall/precision, must-not-cite violations, fact coverage and count exact match; with
+    reading.jsonl, how questions are read (filters, negation, dates, ranges) and their counts against gold."""
     from ..evaluate import run_qa
 
     s = get_settings(model)
@@ -107,10 +111,22 @@ def qa(
     con.print(t)
     con.print(f"citation recall {r['citation_recall']} · precision {r['citation_precision']} · fact coverage {r['fact_coverage']} · "
               f"count exact {r['count_exact_match']} · must-not-cite violations {r['must_not_cite_violations']}")
+    rd = r.get("reading")
+    if rd:
+        for row in rd["rows"]:
+            if not row["read_ok"] or row.get("count_ok") is False:
+                con.print(Text.assemble(("misread" if not row["read_ok"] else "wrong count", "yellow"), f": {row['question']}\n    {row['sentence']}"
+                                        + (f" (count {row['count_got']}, gold {row['count_expected']})" if "count_ok" in row else "")))
+        con.print(f"reading: {rd['questions']} questions, read as expected {rd['reading_accuracy']} · "
+                  f"counts equal to gold {rd['count_accuracy']} ({rd['count_questions']} counted)")
     path = _save(r, out, f"qa-{s.label.replace('/', '_').replace(':', '_')}.json", s)
     con.print(f"report: {escape(str(path))}")
     if min_citation_recall is not None and (r["citation_recall"] or 0) < min_citation_recall:
         die(f"below threshold: citation recall {r['citation_recall']} (min {min_citation_recall})", 1)
+    for name, want, got in (("reading accuracy", min_reading_accuracy, (rd or {}).get("reading_accuracy")),
+                            ("count accuracy", min_count_accuracy, (rd or {}).get("count_accuracy"))):
+        if want is not None and (got is None or got < want):
+            die(f"below threshold: {name} {got} (min {want})", 1)
 
 
 @app.command("compare")
