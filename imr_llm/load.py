@@ -263,12 +263,17 @@ def _decode(path: Path, data: bytes, notes: list[str]) -> str:
     return text
 
 
+# DWC posts its letters AES-encrypted with an empty password: pypdf needs cryptography to open them.
+_NEEDS_CRYPTO = ("encrypted PDF (empty password) needs the 'cryptography' package: pip install cryptography "
+                 "(imr-llm declares it; was it installed without its dependencies?)")
+
+
 def _pdf_text(path: Path, data: bytes) -> str:
     import io
     import logging
 
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import DependencyError, PdfReadError
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
@@ -276,6 +281,8 @@ def _pdf_text(path: Path, data: bytes) -> str:
         if reader.is_encrypted:
             try:
                 ok = reader.decrypt("")
+            except DependencyError:
+                raise LetterError(path, _NEEDS_CRYPTO) from None
             except Exception:  # pypdf raises several types for unsupported crypto
                 ok = 0
             if not ok:
@@ -283,6 +290,8 @@ def _pdf_text(path: Path, data: bytes) -> str:
         pages = [(p.extract_text() or "") for p in reader.pages]
     except LetterError:
         raise
+    except DependencyError:
+        raise LetterError(path, _NEEDS_CRYPTO) from None
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
         raise LetterError(path, f"unreadable PDF ({type(e).__name__}: {str(e)[:80]})") from None
     text = PAGE_JOIN.join(pages)

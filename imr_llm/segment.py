@@ -330,8 +330,8 @@ def _check_ending(last: ParsedItem, lay: Layout) -> None:
     if _DANGLING.search(r.text) or re.search(r"(?:Claims\s+Administrator|MAXIMUS)\s+[Gg]uid?e?l?i?n?e?s?\W*$|Claims\s+Adm\w*$", r.text):
         lay.problems.append(f"truncated letter: text ends inside item {last.index + 2}, after its request line")
     elif not re.search(r"[.!?)\]\"']\s*$", r.text):
-        last = re.split(r"(?<=[.!?])\s+", r.text[-400:])[-1]
-        if "\n" not in last and _CONCLUSION.search(last):
+        final = re.split(r"(?<=[.!?])\s+", r.text[-400:])[-1]
+        if "\n" not in final and _CONCLUSION.search(final):
             # seen on a real DWC letter: complete, its last sentence without a period; keep and say so
             lay.features.append("no_final_period")
         else:
