@@ -263,10 +263,43 @@ async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path 
             await ex.provider.aclose()
     for w in (jw, cw):
         if w:
-            w.commit()
+            # a run that produced no record never replaces earlier results
+            w.commit() if totals.ok or not totals.failed else w.abort()
     if out:
         write_errors(out, totals.errors)
     return totals
+
+
+def check_outputs(inputs: list[str], *outputs: Path | None) -> None:
+    """Refuse, before any work, an output that would destroy something: an input letter, a folder,
+    a FIFO or device, the same path twice, or a folder that cannot be written. ``OutputError``."""
+    import stat
+
+    seen: dict[Path, Path] = {}
+    ins = {Path(p).resolve() for p in inputs}
+    for o in (x for x in outputs if x is not None):
+        for path in (o, errors_path(o)) if o is outputs[0] else (o,):
+            r = path.resolve()
+            if r in ins:
+                raise OutputError(f"{path}: is one of the input letters; choose another output path")
+            if r in seen:
+                raise OutputError(f"{path}: the same file as {seen[r]}; give each output its own path")
+            seen[r] = path
+            if path.exists() or path.is_symlink():
+                mode = path.stat().st_mode if path.exists() else 0
+                if not stat.S_ISREG(mode):
+                    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device" if (
+                        stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "not a regular file"
+                    raise OutputError(f"{path}: is {kind}; the output must be a regular file (or a new path)")
+            parent = r.parent
+            while not parent.exists():
+                parent = parent.parent
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: folder {parent} is not writable")
+
+
+class OutputError(Exception):
+    """An output path that would lose data or cannot be written; one line."""
 
 
 def errors_path(out: Path) -> Path:
@@ -394,6 +427,11 @@ def run_parallel(paths: list[str], s: Settings, out: Path, csv_path: Path | None
 
     ctx = mp.get_context("spawn")
     progress = ctx.Value("i", 0)
+    import shutil
+
+    for stale in out.parent.glob(f".{out.name}.shards-*"):  # left by a run killed with -9
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmpdir = out.parent / f".{out.name}.shards-{os.getpid()}"
     tmpdir.mkdir(parents=True, exist_ok=True)
     shards = [str(tmpdir / f"shard{k}.jsonl") for k in range(workers)]
@@ -436,15 +474,13 @@ def run_parallel(paths: list[str], s: Settings, out: Path, csv_path: Path | None
                 cwriter.writerows(rows)
         for f in files:
             f.close()
-        jw.commit()
-        if cw:
-            cw.commit()
+        for w in (jw, cw):
+            if w:
+                w.commit() if totals.ok or not totals.failed else w.abort()
         write_errors(out, totals.errors)
     finally:
         for p in procs:
             if p.is_alive():
                 p.kill()
-        import shutil
-
         shutil.rmtree(tmpdir, ignore_errors=True)
     return totals

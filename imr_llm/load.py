@@ -177,26 +177,84 @@ def _hyphen_join(prev: str, nxt: str, lowered: str) -> str:
 # --- reading files --------------------------------------------------------------------------------
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (recursive) and globs to a sorted, de-duplicated list of letter paths."""
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (recursive) and globs to a sorted, de-duplicated list of letter paths, and one
+    line for each input that could not be read (missing path, unreadable folder). Symlinked folders
+    are not followed (a link back up the tree would never end); symlinked files are."""
     found: dict[str, Path] = {}
+    errors: list[str] = []
+
+    def add(p: Path) -> None:
+        if p.suffix.lower() in SUFFIXES:
+            try:
+                if p.is_file():
+                    found.setdefault(str(p.resolve()), p)
+            except OSError as e:
+                errors.append(f"{p}: cannot read ({e.strerror or e})")
+
+    def walk(top: Path, keep=lambda rel: True) -> None:
+        def onerror(e: OSError) -> None:
+            errors.append(f"{e.filename}: cannot read folder ({e.strerror or e}); its letters were skipped")
+        for root, dirs, files in os.walk(top, onerror=onerror, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                p = Path(root) / name
+                if keep(os.path.relpath(p, top)):
+                    add(p)
+
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for sub in sorted(p.rglob("*")):
-                if sub.is_file() and sub.suffix.lower() in SUFFIXES:
-                    found.setdefault(str(sub.resolve()), sub)
+            walk(p)
         elif p.exists():
-            found.setdefault(str(p.resolve()), p)
+            add(p) if p.suffix.lower() in SUFFIXES else found.setdefault(str(p.resolve()), p)
+        elif glob.has_magic(item):
+            base = Path(*[part for part in _parts_before_magic(item)]) if _parts_before_magic(item) else Path(".")
+            rx = _glob_regex(os.path.relpath(item, base) if base != Path(".") else item)
+            before = len(found)
+            if base.is_dir():
+                walk(base, lambda rel: bool(rx.fullmatch(rel)))
+            if len(found) == before:
+                errors.append(f"{item}: no letters match this pattern")
         else:
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise LetterError(item, "no such file, folder or matching glob")
-            for m in matches:
-                mp = Path(m)
-                if mp.is_file() and mp.suffix.lower() in SUFFIXES:
-                    found.setdefault(str(mp.resolve()), mp)
-    return list(found.values())
+            errors.append(f"{item}: no such file or folder")
+    return list(found.values()), errors
+
+
+def _parts_before_magic(pattern: str) -> list[str]:
+    parts = Path(pattern).parts
+    out = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        out.append(part)
+    return out
+
+
+def _glob_regex(pattern: str) -> "re.Pattern":
+    """A glob (``**`` = any folders, ``*``/``?`` within one name) as a regex over relative paths."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            j = pattern.find("]", i)
+            out.append(pattern[i:j + 1] if j > i else re.escape(pattern[i]))
+            i = j + 1 if j > i else i + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
 
 
 def read_bytes(path: str | Path) -> bytes:

@@ -84,7 +84,38 @@ def test_expand_inputs_folders_globs(tmp_path, seeds):
     for k, p in seeds.items():
         (tmp_path / "a" / "b" / p.name).write_text(p.read_text())
     (tmp_path / "a" / "notes.md").write_text("x")
-    assert len(expand_inputs([str(tmp_path / "a")])) == 3
-    assert len(expand_inputs([str(tmp_path / "a" / "**" / "00*.txt")])) == 3
-    with pytest.raises(LetterError, match="no such file"):
-        expand_inputs([str(tmp_path / "missing")])
+    assert len(expand_inputs([str(tmp_path / "a")])[0]) == 3
+    assert len(expand_inputs([str(tmp_path / "a" / "**" / "00*.txt")])[0]) == 3
+    # a missing path is reported and the valid ones still come back
+    found, errors = expand_inputs([str(tmp_path / "missing"), str(tmp_path / "a")])
+    assert len(found) == 3 and len(errors) == 1 and "missing: no such file or folder" in errors[0]
+
+
+def test_symlink_cycles_end_and_unreadable_folders_are_reported(tmp_path, seeds, monkeypatch):
+    """`dir/**/*.txt` with two `x -> .` links used to run forever; a chmod 000 folder was skipped silently."""
+    import os
+
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "l.txt").write_text(seeds["000"].read_text())
+    os.symlink(".", d / "x")
+    os.symlink(".", d / "sub" / "y")
+    found, errors = expand_inputs([str(d / "**" / "*.txt")])
+    assert [p.name for p in found] == ["l.txt"] and errors == []
+    locked = d / "locked"
+    locked.mkdir()
+    (locked / "m.txt").write_text("x")
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):  # root reads a chmod 000 folder: make the OS refuse as it would anyone else
+            real = os.scandir
+
+            def scandir(path="."):
+                if os.path.realpath(path) == str(locked.resolve()):
+                    raise PermissionError(13, "Permission denied", str(path))
+                return real(path)
+            monkeypatch.setattr(os, "scandir", scandir)
+        found, errors = expand_inputs([str(d)])
+        assert len(found) == 1 and len(errors) == 1 and "locked" in errors[0] and "cannot read folder" in errors[0]
+    finally:
+        locked.chmod(0o755)

@@ -36,12 +36,17 @@ def extract(
 ) -> None:
     """Extract one grounded decision record per letter."""
     s = get_settings(model, local_only, need_key=not dry_run)
-    try:
-        files = [str(p) for p in expand_inputs(paths)]
-    except LetterError as e:
-        die(str(e))
+    found, input_errors = expand_inputs(paths)
+    files = [str(p) for p in found]
+    for e in input_errors:
+        print(f"error: {e}", file=sys.stderr)
     if not files:
         die(f"no .txt or .pdf letters found in: {' '.join(paths)}")
+    if not dry_run:
+        try:
+            batch.check_outputs(files, out, csv)
+        except batch.OutputError as e:
+            die(str(e))
     if dry_run:
         r = batch.dry_run(files, s)
         cost = "n/a (unknown price; set IMR_PRICE_IN/IMR_PRICE_OUT)" if r["est_cost_usd"] is None else f"${r['est_cost_usd']:.4f}"
@@ -92,6 +97,10 @@ def extract(
         die(str(e), 1)
     finally:
         stop()
+    if input_errors:
+        totals.failed += len(input_errors)
+        totals.errors[:0] = input_errors
+        batch.write_errors(out, totals.errors)
     _summary(totals, s, out, csv)
     if totals.failed:
         raise typer.Exit(1)
@@ -130,7 +139,10 @@ def _run_batch_api(files: list[str], s, poll: float, no_wait: bool) -> bool:
 def _summary(t: batch.Totals, s, out: Path, csv: Optional[Path]) -> None:
     con = Console(stderr=True)
     tab = Table(title="imr extract", show_header=False)
-    tab.add_row("records written", Text(f"{t.ok} -> {out}" + (f" (+ {csv})" if csv else "")))
+    if t.ok or not t.failed:
+        tab.add_row("records written", Text(f"{t.ok} -> {out}" + (f" (+ {csv})" if csv else "")))
+    else:
+        tab.add_row("records written", Text(f"none: every letter failed; {out} left as it was"))
     tab.add_row("failed letters", str(t.failed))
     tab.add_row("flagged for review", str(t.flagged))
     tab.add_row("model", s.label)
