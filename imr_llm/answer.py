@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -68,10 +69,11 @@ def count_or_list(index: Index, question: str, f: Filters, mode: str, reading: R
     where, args = f.sql()
     db = index.store.db
     rows = db.execute(f"SELECT letter_id, item, cite_id, request, decision, category FROM items WHERE {where} ORDER BY letter_id, item", args).fetchall()
-    paths = dict(db.execute("SELECT letter_id, source_path FROM records").fetchall())
+    paths = {lid: (src, json.loads(ps or "[]")) for lid, src, ps in db.execute("SELECT letter_id, source_path, paths FROM records")}
     letters: dict[str, dict] = {}
     for lid, item, cite, req, dec, cat in rows:
-        e = letters.setdefault(lid, {"letter_id": lid, "cite_id": cite, "source_path": paths.get(lid, ""), "items": []})
+        src, all_paths = paths.get(lid, ("", []))
+        e = letters.setdefault(lid, {"letter_id": lid, "cite_id": cite, "source_path": src, "paths": all_paths, "items": []})
         e["items"].append({"item": item + 1, "request": req, "decision": dec, "category": cat})
     n_items, n_letters = len(rows), len(letters)
     total = db.execute("SELECT count(*) FROM items").fetchone()[0]
@@ -99,8 +101,6 @@ def _terms(text: str) -> set[str]:
 
 def _original(index: Index, row: dict) -> tuple[str, int] | None:
     """The original letter text of a chunk (from the stored record's evidence) and its offset."""
-    import json
-
     got = index.store.db.execute("SELECT json FROM records WHERE letter_id=?", (row["letter_id"],)).fetchone()
     if not got:
         return None

@@ -52,7 +52,9 @@ def _cols(d: dict[str, str]) -> str:
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
-CREATE TABLE IF NOT EXISTS records (letter_id TEXT PRIMARY KEY, cite_id TEXT, source_path TEXT, sha256 TEXT, json TEXT);
+CREATE TABLE IF NOT EXISTS records (letter_id TEXT PRIMARY KEY, cite_id TEXT, source_path TEXT, sha256 TEXT, json TEXT,
+  paths TEXT);
+CREATE INDEX IF NOT EXISTS records_sha ON records(sha256);
 CREATE TABLE IF NOT EXISTS items ({_cols(ITEM_COLUMNS)}, PRIMARY KEY (letter_id, item));
 CREATE TABLE IF NOT EXISTS chunks (rowid INTEGER PRIMARY KEY, {_cols(CHUNK_COLUMNS)}, vec BLOB);
 CREATE INDEX IF NOT EXISTS chunks_letter ON chunks(letter_id);
@@ -84,8 +86,12 @@ class Store:
     def put_letter(self, rec: DecisionRecord, chunks: list[Chunk]) -> list[str]:
         """Replace one letter's rows; returns chunk ids that no longer exist (to delete from Chroma)."""
         old = set(self.digests(rec.letter_id))
-        self.db.execute("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?)",
-                        (rec.letter_id, rec.cite_id, rec.source_path, rec.sha256, rec.model_dump_json()))
+        kept = self.db.execute("SELECT paths, sha256 FROM records WHERE letter_id=?", (rec.letter_id,)).fetchone()
+        # copies listed with the letter stay listed while its content is the same
+        paths = [p for p in json.loads(kept[0] or "[]") if p != rec.source_path] if kept and kept[1] == rec.sha256 else []
+        self.db.execute("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?)",
+                        (rec.letter_id, rec.cite_id, rec.source_path, rec.sha256, rec.model_dump_json(),
+                         json.dumps([rec.source_path] + paths)))
         self.db.execute("DELETE FROM items WHERE letter_id=?", (rec.letter_id,))
         rows = [_item_row(rec, i) for i in range(len(rec.items))]
         self.db.executemany(_insert("items", ITEM_COLUMNS), [[r.get(c) for c in ITEM_COLUMNS] for r in rows])
@@ -95,6 +101,24 @@ class Store:
         self.db.executemany(_insert("chunks", CHUNK_COLUMNS, upsert=True),
                             [[_chunk_row(rec, c, rows).get(col) for col in CHUNK_COLUMNS] for c in chunks])
         return gone
+
+    def place(self, rec: DecisionRecord) -> DecisionRecord | None:
+        """Where a record goes. Ids come from file names, so two folders' ``letter.txt`` would share
+        one: a different letter (other content, other path) under a taken id gets ``id~sha8``; the
+        same content already indexed from another path is one letter (None: its path is listed
+        with it, nothing is counted twice); the same path with new content replaces its record."""
+        same = self.db.execute("SELECT letter_id, source_path, paths FROM records WHERE sha256=?", (rec.sha256,)).fetchone()
+        if same and rec.source_path != same[1]:
+            paths = json.loads(same[2] or "[]")
+            if rec.source_path not in paths:
+                self.db.execute("UPDATE records SET paths=? WHERE letter_id=?", (json.dumps(paths + [rec.source_path]), same[0]))
+            return None
+        if same:
+            return rec.model_copy(update={"letter_id": same[0]})  # the same file again: an idempotent re-index
+        taken = self.db.execute("SELECT source_path, sha256 FROM records WHERE letter_id=?", (rec.letter_id,)).fetchone()
+        if taken and taken[1] != rec.sha256 and taken[0] != rec.source_path:
+            return rec.model_copy(update={"letter_id": f"{rec.letter_id}~{rec.sha256[:8]}"})
+        return rec
 
     def set_vectors(self, ids: list[str], vecs) -> None:
         self.db.executemany("UPDATE chunks SET vec=? WHERE id=?", [(v.astype("float32").tobytes(), i) for i, v in zip(ids, vecs)])
@@ -229,7 +253,7 @@ class Index:
         self.store.set_meta("schema_version", SCHEMA_VERSION)
         self.store.set_meta("index_format", INDEX_FORMAT)
         pending: list[Chunk] = []
-        stats = {"letters": 0, "chunks": 0, "embedded": 0, "deleted": 0}
+        stats = {"letters": 0, "chunks": 0, "embedded": 0, "deleted": 0, "duplicates": 0}
 
         def flush() -> None:
             if not pending:
@@ -245,6 +269,10 @@ class Index:
             pending.clear()
 
         for rec in records:
+            rec = self.store.place(rec)
+            if rec is None:  # the same letter (by content) is already indexed: its path was added to it
+                stats["duplicates"] += 1
+                continue
             chunks = chunks_for(rec)
             before = self.store.digests(rec.letter_id)
             gone = self.store.put_letter(rec, chunks)

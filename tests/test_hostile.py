@@ -85,3 +85,20 @@ def test_ask_rejects_bad_options_and_empty_questions(letter):
     q = runner.invoke(app, ["ask", "How many lumbar requests were upheld?", "--json"])
     o = runner.invoke(app, ["ask", "How many requests were upheld?", "--region", "lumbar", "--json"])
     assert json.loads(q.output)["count"] == json.loads(o.output)["count"] == 1
+
+
+def test_same_file_name_in_two_folders_and_identical_copies(tmp_path):
+    """`imr ingest A/` then `imr ingest B/`, both with letter.txt: both letters stay; a byte-identical
+    copy is one letter listing both paths, counted once."""
+    for d, seed in (("A", "000"), ("B", "001"), ("C", "000")):
+        Path(d).mkdir()
+        (Path(d) / "letter.txt").write_text(SEEDS[seed].read_text())
+    for d in ("A", "B", "C"):
+        res = runner.invoke(app, ["ingest", d])
+        assert res.exit_code == 0, res.output
+    ans = json.loads(runner.invoke(app, ["ask", "How many requests?", "--json"]).output)
+    assert ans["count"] == 3  # 000 has one item, 001 two: C's copy of 000 is not counted again
+    ids = sorted(L["letter_id"] for L in ans["letters"])
+    assert ids[0] == "letter" and ids[1].startswith("letter~")
+    a = next(L for L in ans["letters"] if "A" in Path(L["source_path"]).parts)
+    assert {Path(p).parent.name for p in a["paths"]} == {"A", "C"}

@@ -23,7 +23,9 @@ def _index(records: Path, rebuild: bool, local_only: bool) -> None:
     except FileNotFoundError as e:
         die(f"{e.filename}: no such file")
     print(f"indexed {stats['letters']} letters: {stats['chunks']} chunks ({stats['embedded']} embedded, "
-          f"{stats['chunks'] - stats['embedded']} unchanged, {stats['deleted']} removed) into {idx.dir} "
+          f"{stats['chunks'] - stats['embedded']} unchanged, {stats['deleted']} removed"
+          + (f"; {stats['duplicates']} duplicate file(s) of letters already indexed, listed with them" if stats["duplicates"] else "")
+          + f") into {idx.dir} "
           f"[embedder {idx.identity}; {idx.store.count()} chunks in total]")
 
 
