@@ -234,11 +234,10 @@ def check_thresholds(report: dict, rules: list[str]) -> list[str]:
 
 def run_qa(suite: Path, s, k: int = 6) -> dict:
     from .answer import ask
-    from .index import open_for_rebuild
+    from .index import rebuild
 
     sr = run_extraction(suite, s)
-    idx = open_for_rebuild(s.data_dir / "eval-index", None)
-    idx.add(DecisionRecord.model_validate(r) for r in sr.records)
+    idx, _ = rebuild(s.data_dir / "eval-index", None, (DecisionRecord.model_validate(r) for r in sr.records))
     provider = None
     if s.provider != "none":
         from .llm import Provider

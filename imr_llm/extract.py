@@ -248,6 +248,34 @@ def _add_surgery(asm: Assembler, fact: Fact) -> None:
     asm.put(Fact("surgeries[]", val, origin="llm"), spans)
 
 
+MANY_ITEMS = 40  # real letters hold 1-10 disputed items; 12,739 came from a 60 MB file of repeats
+
+
+def _sanity_flags(d: dict) -> list[str]:
+    """Values each valid alone but impossible together, or a letter that looks pasted twice."""
+    from datetime import date
+
+    out = []
+    dec, doi, ur = d.get("decision_date"), d.get("date_of_injury"), d.get("ur_denial_date")
+    if dec and doi and doi > dec:
+        out.append(f"date_order: the date of injury {doi} is after the decision date {dec}")
+    if dec and ur and ur > dec:
+        out.append(f"date_order: the UR denial date {ur} is after the decision date {dec}")
+    for name in ("decision_date", "date_assigned", "date_of_injury", "ur_denial_date", "application_received"):
+        if d.get(name) and d[name] > date.today().isoformat():
+            out.append(f"future_date: {name} {d[name]} is in the future")
+    items = d.get("items", [])
+    seen: dict[tuple, int] = {}
+    for it in items:
+        key = (it.get("request", "").lower(), it.get("decision"), (it.get("rationale") or "")[:500])
+        if key in seen:
+            out.append(f"duplicate_item: items[{it['index']}] repeats items[{seen[key]}] word for word")
+        seen.setdefault(key, it["index"])
+    if len(items) > MANY_ITEMS:
+        out.append(f"many_items: {len(items)} disputed items (letters hold 1 to about 10); check the file is one letter")
+    return out
+
+
 def assemble(letter: Letter, lay: Layout, llm: LLMExtraction | None = None, usage: Usage | None = None,
              extra_flags: list[str] | None = None) -> DecisionRecord:
     asm = Assembler(letter, lay)
@@ -272,9 +300,12 @@ def assemble(letter: Letter, lay: Layout, llm: LLMExtraction | None = None, usag
             flags.append("unknown_layout: an IMR letter in a template this version does not parse; items and decisions were not read")
         elif feat == "no_rationale":
             flags.append("no_rationale: the letter states its decisions without a rationale section")
+        elif feat.startswith("impossible_date:"):
+            _, name, quote = feat.split(":", 2)
+            flags.append(f"impossible_date: {name} {quote!r} is not a calendar date (left empty)")
         elif feat == "no_final_period":
             flags.append("no_final_period: the last rationale ends without a period but states its conclusion; check the letter's end")
-    flags += [f"input: {n}" for n in letter.notes]
+    flags += [f"input: {n}" for n in letter.notes] + _sanity_flags(asm.data)
     if any(ev.status == "not_found" for ev in asm.evidence):
         flags.append("ungrounded_values_dropped")
     return asm.record(letter_id=letter_id(letter.path), source_path=letter.path, sha256=letter.sha256,

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -189,10 +190,18 @@ def chroma_client(path: Path):
 class Index:
     """Open (or create) the index under ``data_dir``; ``embedder`` is an ``embed.make`` spec."""
 
-    def __init__(self, data_dir: Path, embedder: str | None = None, create: bool = False, local_only: bool = False):
-        self.dir = index_dir(data_dir)
-        if not create and not (self.dir / "store.sqlite").is_file():
-            raise IndexError_(f"no index in {self.dir}: run `imr index RECORDS.jsonl` or `imr ingest LETTERS` first")
+    def __init__(self, data_dir: Path, embedder: str | None = None, create: bool = False, local_only: bool = False,
+                 folder: Path | None = None):
+        self.dir = folder or index_dir(data_dir)
+        self.lock: WriterLock | None = None
+        if create:  # one writer at a time; a second one gets a clear line instead of a corrupted index
+            self.lock = WriterLock(data_dir)
+        elif not (self.dir / "bm25" / "ids.json").is_file():
+            holder = WriterLock.holder(data_dir)
+            if holder:
+                raise IndexError_(f"the index in {self.dir} is being built (imr pid {holder}); ask again when it finishes")
+            if not (self.dir / "store.sqlite").is_file():
+                raise IndexError_(f"no index in {self.dir}: run `imr index RECORDS.jsonl` or `imr ingest LETTERS` first")
         self.store = Store(self.dir / "store.sqlite")
         self.spec = embedder or self.store.get_meta("embedder_spec") or emb.spec_from_env()
         want = emb.identity(self.spec)
@@ -222,14 +231,18 @@ class Index:
     @property
     def collection(self):
         if self._collection is None:
+            name = self.store.get_meta("collection") or COLLECTION
             try:
                 client = chroma_client(self.dir / "chroma")
                 self._collection = client.get_or_create_collection(
-                    COLLECTION, metadata={"hnsw:space": "cosine", "embedder": self.identity, "imr_format": INDEX_FORMAT},
+                    name, metadata={"hnsw:space": "cosine", "embedder": self.identity, "imr_format": INDEX_FORMAT},
                     embedding_function=emb.chroma_function(self.spec))
             except IndexError_:
                 raise
             except Exception as e:
+                if os.environ.get("IMR_CHROMA_URL"):
+                    raise IndexError_(f"the Chroma server at {os.environ['IMR_CHROMA_URL']} did not answer ({type(e).__name__}: "
+                                      f"{str(e)[:120]}); start it (or unset IMR_CHROMA_URL); nothing was changed") from None
                 raise IndexError_(f"cannot open the Chroma index in {self.dir / 'chroma'} ({type(e).__name__}: {str(e)[:120]}); "
                                   f"run `imr index --rebuild RECORDS`") from None
             meta = self._collection.metadata or {}
@@ -328,19 +341,68 @@ class Index:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
 
-    def rebuild_reset(self) -> None:
-        """Drop everything (for --rebuild): store, lexical index and the Chroma collection."""
-        try:
-            client = chroma_client(self.dir / "chroma")
-            client.delete_collection(COLLECTION)
-        except Exception:
-            if not os.environ.get("IMR_CHROMA_URL"):
-                _forget_chroma()
-                shutil.rmtree(self.dir / "chroma", ignore_errors=True)
+    def close(self) -> None:
         self.store.db.close()
-        for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
-            (self.dir / name).unlink(missing_ok=True)
-        shutil.rmtree(self.dir / "bm25", ignore_errors=True)
+        if self.lock:
+            self.lock.release()
+
+
+class WriterLock:
+    """An exclusive lock on ``DATA_DIR/index.lock`` held by the one process writing the index
+    (released by the OS if that process dies, so a kill -9 never leaves it stuck). Re-entrant
+    within one process: a command that opens the index twice does not lock itself out."""
+
+    _held: dict[str, list] = {}  # path -> [file, count]
+
+    def __init__(self, data_dir: Path):
+        import fcntl
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = str((data_dir / "index.lock").resolve())
+        self.released = False
+        if self.path in self._held:
+            self._held[self.path][1] += 1
+            return
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise IndexError_(f"another imr (pid {pid}) is writing the index in {data_dir}; wait for it to finish") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._held[self.path] = [f, 1]
+
+    def release(self) -> None:
+        if self.released or self.path not in self._held:
+            return
+        self.released = True
+        entry = self._held[self.path]
+        entry[1] -= 1
+        if entry[1] == 0:
+            entry[0].close()
+            del self._held[self.path]
+
+    @staticmethod
+    def holder(data_dir: Path) -> str | None:
+        """Pid of the process writing the index, or None."""
+        import fcntl
+
+        path = data_dir / "index.lock"
+        if not path.exists() or str(path.resolve()) in WriterLock._held:
+            return None
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                return f.read().strip() or "?"
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return None
 
 
 def _forget_chroma() -> None:
@@ -353,26 +415,94 @@ def _forget_chroma() -> None:
         pass
 
 
-def open_for_rebuild(data_dir: Path, embedder: str | None) -> Index:
-    d = index_dir(data_dir)
-    if (d / "store.sqlite").exists() or (d / "chroma").exists():
-        try:
-            Index(data_dir, embedder=embedder or emb.spec_from_env(), create=True).rebuild_reset()
-        except IndexError_:
-            # wrong embedder/schema or damaged: remove the local folders outright
-            for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
-                (d / name).unlink(missing_ok=True)
-            shutil.rmtree(d / "bm25", ignore_errors=True)
-            if not os.environ.get("IMR_CHROMA_URL"):
-                _forget_chroma()
-                shutil.rmtree(d / "chroma", ignore_errors=True)
-            else:
-                import chromadb  # noqa: F401
-                try:
-                    chroma_client(d / "chroma").delete_collection(COLLECTION)
-                except Exception:
-                    pass
-    return Index(data_dir, embedder=embedder, create=True)
+def check_chroma_server() -> None:
+    """With IMR_CHROMA_URL, the server must answer before anything is changed."""
+    url = os.environ.get("IMR_CHROMA_URL")
+    if not url:
+        return
+    try:
+        chroma_client(Path(".")).heartbeat()
+    except IndexError_:
+        raise
+    except Exception as e:
+        raise IndexError_(f"the Chroma server at {url} did not answer ({type(e).__name__}: {str(e)[:100]}); "
+                          f"start it (or unset IMR_CHROMA_URL); nothing was changed") from None
+
+
+class Rebuild:
+    """``--rebuild``: a new index is built beside the current one (its own folder, and with a Chroma
+    server its own collection) and swapped in only when complete; until then, and if the build
+    fails or is killed, the current index stays as it was."""
+
+    def __init__(self, data_dir: Path, embedder: str | None):
+        check_chroma_server()
+        self.data_dir = data_dir
+        final = index_dir(data_dir)
+        for stale in data_dir.glob("index.rebuild-*"):  # left by a killed rebuild
+            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.new_dir = data_dir / f"index.rebuild-{os.getpid()}"
+        shutil.rmtree(self.new_dir, ignore_errors=True)
+        self.index = Index(data_dir, embedder=embedder or emb.spec_from_env(), create=True, folder=self.new_dir)
+        self.index.store.set_meta("collection", f"{COLLECTION}_{int(time.time() * 1000)}")
+        self.index.store.commit()
+        self.final = final
+
+    def swap_in(self) -> None:
+        old_collection = None
+        if (self.final / "store.sqlite").exists():
+            try:
+                db = sqlite3.connect(str(self.final / "store.sqlite"))
+                old_collection = (db.execute("SELECT v FROM meta WHERE k='collection'").fetchone() or [COLLECTION])[0]
+                db.close()
+            except sqlite3.Error:
+                pass
+        self.index.store.db.close()
+        _forget_chroma()
+        old = self.data_dir / f"index.old-{os.getpid()}"
+        if self.final.exists():
+            self.final.rename(old)
+        self.new_dir.rename(self.final)
+        shutil.rmtree(old, ignore_errors=True)
+        if old_collection and os.environ.get("IMR_CHROMA_URL"):
+            try:
+                chroma_client(self.final / "chroma").delete_collection(old_collection)
+            except Exception:
+                pass  # the old vectors stay on the server, unused; the new index is complete
+
+    def abort(self) -> None:
+        self.index.store.db.close()
+        if os.environ.get("IMR_CHROMA_URL"):
+            try:
+                chroma_client(self.new_dir / "chroma").delete_collection(self.index.store.get_meta("collection"))
+            except Exception:
+                pass
+        _forget_chroma()
+        shutil.rmtree(self.new_dir, ignore_errors=True)
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def rebuild(data_dir: Path, embedder: str | None, records: Iterable[DecisionRecord], on_letter=None,
+            batch: int = 512) -> tuple[Index, dict]:
+    """Build a whole new index from ``records`` and swap it in; the index in use is untouched on failure."""
+    rb = Rebuild(data_dir, embedder)
+    try:
+        stats = rb.index.add(records, batch=batch, on_letter=on_letter)
+    except BaseException:
+        rb.abort()
+        raise
+    rb.swap_in()
+    rb.index.lock.release()
+    return Index(data_dir, embedder=None), stats
 
 
 def read_records(path: Path) -> Iterator[DecisionRecord]:

@@ -302,6 +302,14 @@ def _double_spaced(text: str) -> bool:
 
 
 def _decode(path: Path, data: bytes, notes: list[str]) -> str:
+    text = _decode_text(path, data, notes)
+    nul = text.find("\x00")
+    if nul >= 0:  # a NUL past the first 8 KB would otherwise travel into the record
+        raise LetterError(path, f"binary or corrupt text (NUL byte at character {nul}); expected a .txt or .pdf letter")
+    return text
+
+
+def _decode_text(path: Path, data: bytes, notes: list[str]) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return data.decode("utf-16")

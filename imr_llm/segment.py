@@ -105,6 +105,11 @@ def parse(text: str) -> Layout:
     if NOTICE_2013.search(text[:3000]) and not ISSUES.search(text):
         return _parse_notice_2013(text)
     lay = Layout()
+    cases = list(dict.fromkeys(m.group("v") for m in _HEADER_FIELDS["case_number"].finditer(text)))
+    if len(cases) > 1 or len(HOW.findall(text)) > 1:
+        what = f"case numbers {', '.join(cases[:5])}" if len(cases) > 1 else f"{len(HOW.findall(text))} determination headings"
+        lay.problems.append(f"several letters in one file ({what}); split it into one letter per file")
+        return lay
     how, summ, iss = HOW.search(text), SUMMARY.search(text), ISSUES.search(text)
     head_end = min(x.start() for x in (how, summ, iss) if x) if (how or summ or iss) else min(len(text), 1500)
     _parse_header(text, head_end, lay)
@@ -149,6 +154,8 @@ def _parse_header(text: str, end: int, lay: Layout) -> None:
             if iso and sp:
                 lay.header[name] = sp
                 lay.header_values[name] = iso
+            elif sp:
+                lay.features.append(f"impossible_date:{name}:{sp.text}")
     if lay.header:
         lay.features.append("header")
 

@@ -102,3 +102,89 @@ def test_same_file_name_in_two_folders_and_identical_copies(tmp_path):
     assert ids[0] == "letter" and ids[1].startswith("letter~")
     a = next(L for L in ans["letters"] if "A" in Path(L["source_path"]).parts)
     assert {Path(p).parent.name for p in a["paths"]} == {"A", "C"}
+
+
+def _r005() -> str:
+    from imr_llm.load import read_letter
+
+    from .conftest import LETTERS
+    return read_letter(LETTERS / "r005_CM16-0228949.pdf").text
+
+
+def _extract_one(name: str, text: str) -> tuple[int, dict | None, str]:
+    Path(name).write_text(text)
+    res = runner.invoke(app, ["extract", name, "--out", name + ".jsonl"])
+    out = Path(name + ".jsonl")
+    return res.exit_code, (json.loads(out.read_text()) if out.exists() and out.read_text() else None), res.output
+
+
+def test_impossible_and_contradictory_dates_are_flagged_with_the_quote():
+    t = _r005()
+    for bad in ("02/30/2016", "13/45/2016", "00/00/0000"):
+        code, rec, _ = _extract_one("d.txt", t.replace("10/14/2016", bad, 1))
+        assert code == 0 and rec["date_of_injury"] is None
+        assert any(f.startswith("impossible_date: date_of_injury") and bad in f for f in rec["flags"]), rec["flags"]
+    code, rec, _ = _extract_one("o.txt", t.replace("Date of Injury:  10/14/2016", "Date of Injury:  01/14/2017", 1))
+    assert any(f.startswith("date_order: the date of injury 2017-01-14") for f in rec["flags"])
+    code, rec, _ = _extract_one("f.txt", t.replace("Decision Date: 12/30/2016", "Decision Date: 12/30/2099", 1))
+    assert any(f.startswith("future_date: decision_date 2099-12-30") for f in rec["flags"])
+
+
+def test_pasted_twice_concatenated_and_nul_bytes():
+    t = _r005()
+    start = t.index("Continue physical therapy 3 times")
+    code, rec, _ = _extract_one("dup.txt", t + "\n \n" + t[start:])
+    assert code == 0 and len(rec["items"]) == 2
+    assert any(f.startswith("duplicate_item: items[1] repeats items[0]") for f in rec["flags"])
+    other = t.replace("CM16-0228949", "CM16-0999999")
+    code, rec, out = _extract_one("two.txt", t + "\n \n" + other)
+    assert code == 1 and rec is None and "several letters in one file (case numbers CM16-0228949, CM16-0999999)" in out
+    code, rec, out = _extract_one("nul.txt", t + " " * 9000 + "\x00 tail")
+    assert code == 1 and "NUL byte" in out
+    block = t[start:]
+    many = t + "".join("\n \n" + block.replace("Continue physical therapy", f"Physical therapy request {k}", 1) for k in range(44))
+    code, rec, _ = _extract_one("many.txt", many)
+    assert code == 0 and len(rec["items"]) == 45 and any(f.startswith("many_items: 45") for f in rec["flags"])
+
+
+def test_rebuild_against_a_dead_chroma_server_changes_nothing(letter, monkeypatch):
+    assert runner.invoke(app, ["ingest", str(letter)]).exit_code == 0
+    data = Path(os.environ["IMR_DATA_DIR"])
+    before = (data / "index" / "store.sqlite").read_bytes()
+    monkeypatch.setenv("IMR_CHROMA_URL", "http://127.0.0.1:9")  # loopback, nothing listens there
+    res = runner.invoke(app, ["index", "--rebuild", str(data / "records.jsonl")])
+    assert res.exit_code == 2 and "did not answer" in res.output and "nothing was changed" in res.output
+    assert "--rebuild" not in res.output.split("did not answer")[1]  # no advice to rebuild a server that is down
+    monkeypatch.delenv("IMR_CHROMA_URL")
+    assert (data / "index" / "store.sqlite").read_bytes() == before
+    assert json.loads(runner.invoke(app, ["ask", "How many requests?", "--json"]).output)["count"] == 1
+    # a local rebuild swaps in a complete new index and leaves no build folder behind
+    res = runner.invoke(app, ["index", "--rebuild", str(data / "records.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert not list(data.glob("index.rebuild-*")) and not list(data.glob("index.old-*"))
+    assert json.loads(runner.invoke(app, ["ask", "How many requests?", "--json"]).output)["count"] == 1
+
+
+def test_one_index_writer_at_a_time_and_readers_told_it_is_being_built(letter, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    data = Path(os.environ["IMR_DATA_DIR"])
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from pathlib import Path; from imr_llm.index import WriterLock; "
+                               f"WriterLock(Path({str(data)!r})); print('held', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = runner.invoke(app, ["ask", "How many requests?"])
+        assert res.exit_code == 2 and f"is being built (imr pid {holder.pid})" in res.output
+        runner.invoke(app, ["extract", str(letter), "--out", "r.jsonl"])
+        res = runner.invoke(app, ["index", "r.jsonl"])
+        assert res.exit_code == 2 and f"another imr (pid {holder.pid}) is writing the index" in res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    res = runner.invoke(app, ["index", "r.jsonl"])  # the lock died with its process
+    assert res.exit_code == 0, res.output

@@ -235,18 +235,17 @@ def bench_tokens(suite: Path) -> dict:
 
 
 def bench_index(records: Path, data_dir: Path, queries: int = 200) -> dict:
-    from ..index import open_for_rebuild
+    from ..index import rebuild
     from ..models import DecisionRecord
 
     t0 = time.monotonic()
-    idx = open_for_rebuild(data_dir, "wordllama")
 
     def recs():
         with open(records) as f:
             for line in f:
                 yield DecisionRecord.model_validate_json(line)
 
-    st = idx.add(recs(), batch=2048)
+    idx, st = rebuild(data_dir, "wordllama", recs(), batch=2048)
     wall = time.monotonic() - t0
     size = sum(f.stat().st_size for f in (data_dir / "index").rglob("*") if f.is_file())
     return {"letters": st["letters"], "chunks": st["chunks"], "index_wall_s": round(wall, 1),

@@ -8,16 +8,21 @@ from typing import List, Optional
 import typer
 
 from ..config import ConfigError
-from ..index import Index, IndexError_, open_for_rebuild, read_records
+from ..index import Index, IndexError_, read_records, rebuild
 from .common import die, get_settings, notice
 
 
-def _index(records: Path, rebuild: bool, local_only: bool) -> None:
+def _index(records: Path, rebuild_all: bool, local_only: bool) -> None:
     s = get_settings(None, local_only)
     spec = os.environ.get("IMR_EMBEDDER")
     try:
-        idx = open_for_rebuild(s.data_dir, spec) if rebuild else Index(s.data_dir, embedder=spec, create=True, local_only=s.local_only)
-        stats = idx.add(read_records(records))
+        if not records.is_file():
+            die(f"{records}: no such file")
+        if rebuild_all:
+            idx, stats = rebuild(s.data_dir, spec, read_records(records))
+        else:
+            idx = Index(s.data_dir, embedder=spec, create=True, local_only=s.local_only)
+            stats = idx.add(read_records(records))
     except (IndexError_, ConfigError) as e:
         die(str(e))
     except FileNotFoundError as e:
@@ -27,6 +32,7 @@ def _index(records: Path, rebuild: bool, local_only: bool) -> None:
           + (f"; {stats['duplicates']} duplicate file(s) of letters already indexed, listed with them" if stats["duplicates"] else "")
           + f") into {idx.dir} "
           f"[embedder {idx.identity}; {idx.store.count()} chunks in total]")
+    idx.close()
 
 
 def index(
