@@ -26,6 +26,10 @@ from .retrieve import Hit, Retriever
 PROMPT_FILE = "answer_v1.md"
 
 
+class AnswerError(Exception):
+    """The model could not write an answer (deadline, unreachable, refused); one line."""
+
+
 # --- results -------------------------------------------------------------------------------------
 
 @dataclass
@@ -175,7 +179,17 @@ def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filter
         finally:
             await provider.aclose()  # each question runs in its own event loop
 
-    ans = asyncio.run(go())
+    from .config import env
+
+    deadline = env().answer_deadline
+    try:
+        ans = asyncio.run(asyncio.wait_for(go(), deadline))
+    except asyncio.TimeoutError:
+        raise AnswerError(f"no answer from the model within {deadline:g} s (IMR_ANSWER_DEADLINE); "
+                          f"check the server, or ask without --model for an extractive answer") from None
+    except Exception as e:  # connection refused, bad key, unreachable host: one line, not a traceback
+        raise AnswerError(f"the model could not answer ({type(e).__name__}: {str(e)[:160]}); "
+                          f"ask without --model for an extractive answer") from None
     cites, removed, ok_sources = [], [], set()
     for c in ans.citations:
         if not 1 <= c.source <= len(hits):

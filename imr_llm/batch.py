@@ -119,8 +119,13 @@ class Extractor:
         self.prompt = PROMPT_VERSION if s.provider != "none" else "-"
 
     async def one(self, path: str) -> Outcome:
+        deadline = (self.s.env.letter_deadline if self.s.env else 300.0) if self.provider is not None else None
         try:
+            if deadline:  # wall clock for the whole letter, every retry included: a server that never answers ends here
+                return await asyncio.wait_for(self._one(path), deadline)
             return await self._one(path)
+        except asyncio.TimeoutError:
+            return Outcome(path, error=f"{path}: no answer from the model within {deadline:g} s (IMR_LETTER_DEADLINE; every retry included)")
         except LetterError as e:
             return Outcome(path, error=redact(str(e)))
         except LLMError as e:

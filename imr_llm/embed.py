@@ -8,19 +8,18 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, is_private_url
+from .config import ConfigError, env, is_private_url
 
 DEFAULT = "wordllama"
 
 
 def spec_from_env() -> str:
-    return os.environ.get("IMR_EMBEDDER", DEFAULT)
+    return env().embedder or DEFAULT
 
 
 class WordLlamaEmbedder:
@@ -78,13 +77,14 @@ def identity(spec: str) -> str:
     if spec == "wordllama":
         return "wordllama:l2_supercat:256"
     if spec.startswith("compatible:"):
-        return f"{spec}@{os.environ.get('IMR_EMBED_BASE_URL') or os.environ.get('IMR_BASE_URL')}"
+        return f"{spec}@{env().embed_base_url or env().base_url}"
     return spec
 
 
 def make(spec: str | None = None, local_only: bool = False) -> Any:
     spec = spec or spec_from_env()
-    local_only = local_only or os.environ.get("IMR_LOCAL_ONLY", "").lower() in ("1", "true", "yes")
+    e = env()
+    local_only = local_only or e.local_only
     if spec == "wordllama":
         return WordLlamaEmbedder()
     if spec == "chroma-default":
@@ -96,17 +96,17 @@ def make(spec: str | None = None, local_only: bool = False) -> Any:
         if prov == "openai":
             if local_only:
                 raise ConfigError("IMR_LOCAL_ONLY is set: refusing embedder 'openai' (remote)")
-            key = os.environ.get("OPENAI_API_KEY")
+            key = e.openai_api_key.get_secret_value() if e.openai_api_key else None
             if not key:
                 raise ConfigError("embedder 'openai' needs OPENAI_API_KEY")
             return OpenAIEmbedder(model, None, key)
         if prov == "compatible":
-            url = os.environ.get("IMR_EMBED_BASE_URL") or os.environ.get("IMR_BASE_URL")
+            url = e.embed_base_url or e.base_url
             if not url:
                 raise ConfigError("embedder 'compatible' needs IMR_EMBED_BASE_URL (or IMR_BASE_URL)")
             if local_only and not is_private_url(url):
                 raise ConfigError(f"IMR_LOCAL_ONLY is set: refusing embedding endpoint {url!r}")
-            return OpenAIEmbedder(model, url, os.environ.get("IMR_API_KEY"))
+            return OpenAIEmbedder(model, url, e.api_key.get_secret_value() if e.api_key else None)
     raise ConfigError(f"unknown embedder {spec!r}: use wordllama, openai:MODEL, compatible:MODEL or chroma-default")
 
 

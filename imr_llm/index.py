@@ -13,13 +13,13 @@ import os
 import shutil
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from . import embed as emb
+from .config import env
 from .chunk import Chunk, chunks_for
-from .filters import COLUMNS, Filters, FilterError, row_values, write_facets  # noqa: F401  (Filters re-exported)
+from .filters import COLUMNS, row_values, write_facets
 from .models import SCHEMA_VERSION, DecisionRecord
 
 import numpy as np
@@ -173,14 +173,15 @@ def chroma_client(path: Path):
     import chromadb
     from chromadb.config import Settings as CSettings
 
-    url = os.environ.get("IMR_CHROMA_URL")
+    e = env()
+    url = e.chroma_url
     cs = CSettings(anonymized_telemetry=False, allow_reset=False)
     if url:
         from urllib.parse import urlparse
 
         u = urlparse(url)
         from .config import is_private_url
-        if os.environ.get("IMR_LOCAL_ONLY", "").lower() in ("1", "true", "yes") and not is_private_url(url):
+        if e.local_only and not is_private_url(url):
             raise IndexError_(f"IMR_LOCAL_ONLY is set: refusing Chroma server {url!r}")
         return chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),
                                    ssl=u.scheme == "https", settings=cs)
@@ -240,8 +241,8 @@ class Index:
             except IndexError_:
                 raise
             except Exception as e:
-                if os.environ.get("IMR_CHROMA_URL"):
-                    raise IndexError_(f"the Chroma server at {os.environ['IMR_CHROMA_URL']} did not answer ({type(e).__name__}: "
+                if env().chroma_url:
+                    raise IndexError_(f"the Chroma server at {env().chroma_url} did not answer ({type(e).__name__}: "
                                       f"{str(e)[:120]}); start it (or unset IMR_CHROMA_URL); nothing was changed") from None
                 raise IndexError_(f"cannot open the Chroma index in {self.dir / 'chroma'} ({type(e).__name__}: {str(e)[:120]}); "
                                   f"run `imr index --rebuild RECORDS`") from None
@@ -417,7 +418,7 @@ def _forget_chroma() -> None:
 
 def check_chroma_server() -> None:
     """With IMR_CHROMA_URL, the server must answer before anything is changed."""
-    url = os.environ.get("IMR_CHROMA_URL")
+    url = env().chroma_url
     if not url:
         return
     try:
@@ -464,7 +465,7 @@ class Rebuild:
             self.final.rename(old)
         self.new_dir.rename(self.final)
         shutil.rmtree(old, ignore_errors=True)
-        if old_collection and os.environ.get("IMR_CHROMA_URL"):
+        if old_collection and env().chroma_url:
             try:
                 chroma_client(self.final / "chroma").delete_collection(old_collection)
             except Exception:
@@ -472,7 +473,7 @@ class Rebuild:
 
     def abort(self) -> None:
         self.index.store.db.close()
-        if os.environ.get("IMR_CHROMA_URL"):
+        if env().chroma_url:
             try:
                 chroma_client(self.new_dir / "chroma").delete_collection(self.index.store.get_meta("collection"))
             except Exception:

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Settings
+from .config import Settings, env
 
 # USD per 1M tokens (input, output). Local providers cost nothing; unknown models print "n/a".
 PRICES = {
@@ -122,8 +122,9 @@ class Provider:
     def __init__(self, s: Settings, validation_retries: int | None = None):
         s.check_local_only()
         self.s = s
-        self.validation_retries = validation_retries if validation_retries is not None else int(os.environ.get("IMR_VALIDATION_RETRIES", 1))
-        self.token_budget = int(os.environ.get("IMR_LETTER_TOKEN_BUDGET", 20000))
+        e = s.env or env()
+        self.validation_retries = validation_retries if validation_retries is not None else e.validation_retries
+        self.token_budget = e.letter_token_budget
         self._lock = threading.Lock()
         import instructor
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SUFFIXES = (".txt", ".pdf")
-MAX_BYTES = int(os.environ.get("IMR_MAX_BYTES", 16 * 1024 * 1024))
 PAGE_JOIN = "\n\n"
 
 
@@ -257,6 +256,12 @@ def _glob_regex(pattern: str) -> "re.Pattern":
     return re.compile("".join(out))
 
 
+def max_bytes() -> int:
+    from .config import env
+
+    return env().max_bytes
+
+
 def read_bytes(path: str | Path) -> bytes:
     """The file's bytes, or ``LetterError`` for a missing, empty or over-size file."""
     path = Path(path)
@@ -266,8 +271,9 @@ def read_bytes(path: str | Path) -> bytes:
         raise LetterError(path, f"cannot read file ({e.strerror or e})") from None
     if size == 0:
         raise LetterError(path, "empty file")
-    if size > MAX_BYTES:
-        raise LetterError(path, f"file too large ({size / 1e6:.1f} MB > {MAX_BYTES / 1e6:.0f} MB limit; set IMR_MAX_BYTES)")
+    limit = max_bytes()
+    if size > limit:
+        raise LetterError(path, f"file too large ({size / 1e6:.1f} MB > {limit / 1e6:.0f} MB limit; set IMR_MAX_BYTES)")
     try:
         return path.read_bytes()
     except OSError as e:

@@ -16,7 +16,9 @@ PARTS = 6
 
 
 def models_dir() -> Path:
-    d = os.environ.get("IMR_MODELS_DIR")
+    from .config import env
+
+    d = env().models_dir
     return Path(d) if d else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imr-llm" / "models"
 
 

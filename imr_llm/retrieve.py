@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .index import Filters, Index
+from .config import env
+from .filters import Filters
+from .index import Index
 
 RRF_K = 60
 SMALL_SET = 4000
@@ -39,7 +41,6 @@ class Retriever:
 
     def _lexical(self):
         if self._bm is None:
-            import os
             import bm25s
             import Stemmer
 
@@ -48,7 +49,8 @@ class Retriever:
             self._pos = {cid: i for i, cid in enumerate(self._ids)}
             self._stemmer = Stemmer.Stemmer("english")
             self._bm = bm25s.BM25.load(str(d), mmap=True, show_progress=False) if self._ids else False
-            use_mirror = (os.environ.get("IMR_DENSE", "mirror") != "chroma" and not os.environ.get("IMR_CHROMA_URL")
+            e = env()
+            use_mirror = (e.dense != "chroma" and not e.chroma_url
                           and (d / "dense.npy").exists())
             self._dense = np.load(d / "dense.npy", mmap_mode="r") if use_mirror else None
         return self._bm

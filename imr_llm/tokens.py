@@ -6,7 +6,6 @@ against tiktoken's own expected sha256, so ``tiktoken.get_encoding`` works untou
 """
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import os

@@ -188,3 +188,38 @@ def test_one_index_writer_at_a_time_and_readers_told_it_is_being_built(letter, t
     time.sleep(0.1)
     res = runner.invoke(app, ["index", "r.jsonl"])  # the lock died with its process
     assert res.exit_code == 0, res.output
+
+
+def test_bad_settings_are_one_line_and_config_masks_secrets(letter, monkeypatch):
+    for var, val in (("IMR_MAX_RETRIES", "abc"), ("IMR_TIMEOUT", "abc"), ("IMR_DENSE", "fast")):
+        monkeypatch.setenv(var, val)
+        res = runner.invoke(app, ["extract", str(letter), "--out", "r.jsonl"])
+        assert res.exit_code == 2 and res.output.startswith(f"error: {var}={val!r}") and "Traceback" not in res.output
+        monkeypatch.delenv(var)
+    secret = "sk-test-" + "Zq9" * 10
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("IMR_TIMEOUT", "7")
+    res = runner.invoke(app, ["config"])
+    assert res.exit_code == 0 and secret not in res.output and "***" in res.output
+    assert "IMR_TIMEOUT" in res.output and "7.0" in res.output
+
+
+def test_a_server_that_never_answers_fails_the_letter_at_its_deadline(fake_server, monkeypatch, letter):
+    import time
+
+    srv = fake_server(mode="synthetic", fault_script=["timeout"] * 20)  # accepts, then never answers
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    monkeypatch.setenv("IMR_LETTER_DEADLINE", "2")
+    t0 = time.monotonic()
+    res = runner.invoke(app, ["extract", str(letter), "--model", "compatible:fake", "--out", "r.jsonl", "--no-cache"])
+    assert time.monotonic() - t0 < 30
+    assert res.exit_code == 1 and "no answer from the model within 2 s (IMR_LETTER_DEADLINE" in res.output
+    # ask with a model that never answers, and with an endpoint nobody listens on: one line each
+    assert runner.invoke(app, ["ingest", str(letter)]).exit_code == 0
+    monkeypatch.setenv("IMR_ANSWER_DEADLINE", "2")
+    res = runner.invoke(app, ["ask", "why was therapy denied?", "--model", "compatible:fake"])
+    assert res.exit_code == 2 and "no answer from the model within 2 s" in res.output
+    monkeypatch.setenv("IMR_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("IMR_MAX_RETRIES", "0")
+    res = runner.invoke(app, ["ask", "why was therapy denied?", "--model", "compatible:fake"])
+    assert res.exit_code == 2 and "the model could not answer" in res.output and "Traceback" not in res.output

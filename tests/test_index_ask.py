@@ -224,7 +224,8 @@ def test_facet_masks_select_exactly_what_the_store_selects(indexed, filters):
 
     import numpy as np
 
-    from imr_llm.index import Filters, Index
+    from imr_llm.filters import Filters
+    from imr_llm.index import Index
     from imr_llm.retrieve import Retriever
 
     f = Filters.of(**filters)

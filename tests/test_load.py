@@ -57,7 +57,7 @@ def test_cp1252_and_utf16_are_decoded(tmp_path, seeds):
 def test_huge_file_refused(tmp_path, monkeypatch):
     import imr_llm.load as load
 
-    monkeypatch.setattr(load, "MAX_BYTES", 1000)
+    monkeypatch.setenv("IMR_MAX_BYTES", "1000")
     p = tmp_path / "huge.txt"
     p.write_text("x" * 2000)
     with pytest.raises(LetterError, match="too large"):

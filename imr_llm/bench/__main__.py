@@ -254,7 +254,8 @@ def bench_index(records: Path, data_dir: Path, queries: int = 200) -> dict:
 
 def bench_retrieval(data_dir: Path, queries: int = 200) -> dict:
     """p50/p95 of ``Retriever.search`` (embed the query, dense + BM25, fuse, diversity), warm."""
-    from ..index import Filters, Index
+    from ..filters import Filters
+    from ..index import Index
     from ..retrieve import Retriever
 
     r = Retriever(Index(data_dir, embedder=None))
@@ -275,8 +276,8 @@ def bench_retrieval(data_dir: Path, queries: int = 200) -> dict:
         return round(statistics.quantiles(v, n=100)[q - 1], 1)
 
     unf = timed(None)
-    broad = timed(Filters(decision="Upheld"))  # ~85% of chunks
-    narrow = timed(Filters(decision="Overturned", category="acupuncture", region="lumbar"))
+    broad = timed(Filters.of(decision="Upheld"))  # ~85% of chunks
+    narrow = timed(Filters.of(decision="Overturned", category="acupuncture", region="lumbar"))
     return {"chunks": len(r._ids), "unfiltered_p50_ms": pct(unf, 50), "unfiltered_p95_ms": pct(unf, 95),
             "broad_filter_p50_ms": pct(broad, 50), "broad_filter_p95_ms": pct(broad, 95),
             "narrow_filter_p50_ms": pct(narrow, 50), "narrow_filter_p95_ms": pct(narrow, 95)}

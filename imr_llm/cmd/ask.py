@@ -26,7 +26,7 @@ def ask(
     local_only: bool = typer.Option(False, "--local-only"),
 ) -> None:
     """Answer a precedent question with citations to letters, items and passages."""
-    from ..answer import ask as run_ask
+    from ..answer import AnswerError, ask as run_ask
     from ..filters import FilterError, Filters
     from ..index import Index, IndexError_
     from .render import render
@@ -62,7 +62,7 @@ def ask(
     def one(q: str) -> None:
         try:
             res = run_ask(idx, q, k=k, filters=f, provider=provider, model_label=s.label)
-        except (IndexError_, FilterError) as e:
+        except (IndexError_, FilterError, AnswerError) as e:
             die(str(e))
         if as_json:
             print(json.dumps(res.to_dict(), indent=2))

@@ -1,20 +1,20 @@
 """`imr index RECORDS.jsonl` and `imr ingest LETTERS...`."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ..config import ConfigError
+from ..config import ConfigError, env
 from ..index import Index, IndexError_, read_records, rebuild
 from .common import die, get_settings, notice
 
 
 def _index(records: Path, rebuild_all: bool, local_only: bool) -> None:
     s = get_settings(None, local_only)
-    spec = os.environ.get("IMR_EMBEDDER")
+    # the index keeps its own embedder unless IMR_EMBEDDER names one
+    spec = env().embedder if "embedder" in env().model_fields_set else None
     try:
         if not records.is_file():
             die(f"{records}: no such file")
