@@ -302,15 +302,22 @@ def _ns(x: Any) -> Any:
 
 def gold_rows(gold: dict[str, dict]) -> tuple[list[dict], set[str]]:
     """One filter row per gold item, and the fields some gold file lacks (counts needing them are not scored)."""
+    from .dwc import case_outcome
     from .filters import row_values
 
     rows, missing = [], set()
     for lid, g in gold.items():
         if "surgeries" not in g:
             missing |= {"after_surgery", "fusion"}
+        for fld in ("dwc_category", "dwc_subcategory"):
+            if any(fld not in it for it in g["items"]):
+                missing.add(fld)
+        if not any(s.get("dwc_specialties") for s in [g.get("reviewer", {})]):
+            missing.add("dwc_specialty")
         g = {"surgeries": [], "reviewer": {"specialties": [], "license_states": []}, "claimant": {"age": None},
              "decision_date": None, "date_of_injury": None, "ur_denial_date": None, **g, "letter_id": lid}
         g["items"] = [{"original_request": None, "drug_class": None, "quantity": None, **it} for it in g["items"]]
+        g["case_outcome"] = case_outcome([it["decision"] for it in g["items"]])
         rec = _ns(g)
         rows += [row_values(rec, i) for i in range(len(g["items"]))]
     return rows, missing

@@ -14,7 +14,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import dwc
 from .drugs import DRUG_CLASSES
+from .dwc import DWC_CATEGORIES
 from .lexicon import CATEGORY_NAMES, REGION_NAMES, US_STATE_NAMES
 
 
@@ -34,6 +36,10 @@ FIELDS: dict[str, FieldDef] = {
     "region": FieldDef("regions", "set", "body region", tuple(REGION_NAMES)),
     "partial": FieldDef("partial", "bool", "a partial authorization (only the rest of the request was disputed)"),
     "quantity": FieldDef("quantity", "int", "quantity requested"),
+    "dwc_category": FieldDef("dwc_category", "text", "DWC request category", tuple(DWC_CATEGORIES)),
+    "dwc_subcategory": FieldDef("dwc_subcategory", "contains", "DWC subcategory"),
+    "case_outcome": FieldDef("case_outcome", "text", "letter's case outcome", ("Uphold", "Overturn", "Partial Overturn"), "letter"),
+    "dwc_specialty": FieldDef("dwc_specialties", "set", "reviewer specialty (DWC list)", tuple(dwc.SPECIALTIES), "letter"),
     "after_surgery": FieldDef("had_surgery", "bool", "a claimant with surgery in the history", level="letter"),
     "fusion": FieldDef("had_fusion", "bool", "a claimant with a prior fusion", level="letter"),
     "license_state": FieldDef("license_states", "set", "reviewer licensed in", tuple(sorted(s.title() for s in US_STATE_NAMES)), "letter"),
@@ -250,13 +256,17 @@ def row_values(rec, item_index: int) -> dict[str, Any]:
         "ur_denial_date": rec.ur_denial_date or "", "age": rec.claimant.age, "n_items": len(rec.items),
         "had_surgery": int(bool(surg)), "had_fusion": int(any("fusion" in x.procedure.lower() for x in surg)),
         "specialties": "|" + "|".join(rec.reviewer.specialties) + "|",
+        "dwc_specialties": "|" + "|".join(getattr(rec.reviewer, "dwc_specialties", None) or []) + "|",
+        "case_outcome": getattr(rec, "case_outcome", None) or "",
         "license_states": "|" + "|".join(rec.reviewer.license_states) + "|", "n_states": len(states),
         "licensed_outside_ca": int(bool(states) and any(x != "california" for x in states)),
         "decision": "", "category": "", "drug_class": "", "regions": "|", "partial": 0, "quantity": None, "kind": "summary",
+        "dwc_category": "", "dwc_subcategory": "",
     }
     if item_index >= 0:
         it = rec.items[item_index]
         row.update(decision=it.decision, category=it.category or "other", drug_class=it.drug_class or "",
+                   dwc_category=getattr(it, "dwc_category", None) or "", dwc_subcategory=getattr(it, "dwc_subcategory", None) or "",
                    regions="|" + "|".join(it.body_regions) + "|", partial=int(it.original_request is not None),
                    quantity=it.quantity, kind="rationale")
     return row

@@ -10,15 +10,18 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from .drugs import DRUG_CLASSES
+from .dwc import DWC_CATEGORIES
 from .lexicon import CATEGORY_NAMES, GUIDELINE_NAMES, REASON_NAMES, REGION_NAMES
 
-SCHEMA_VERSION = "1.1"  # 1.1: partial authorizations, drug and drug class, new categories
+SCHEMA_VERSION = "1.2"  # 1.1: partial authorizations, drug and drug class, new categories; 1.2: DWC vocabulary
 
 Category = Literal[tuple(CATEGORY_NAMES)]  # type: ignore[valid-type]
 Region = Literal[tuple(REGION_NAMES)]  # type: ignore[valid-type]
 GuidelineName = Literal[tuple(GUIDELINE_NAMES)]  # type: ignore[valid-type]
 Reason = Literal[tuple(REASON_NAMES)]  # type: ignore[valid-type]
 DrugClass = Literal[tuple(DRUG_CLASSES)]  # type: ignore[valid-type]
+DwcCategory = Literal[tuple(DWC_CATEGORIES)]  # type: ignore[valid-type]
+CaseOutcome = Literal["Uphold", "Overturn", "Partial Overturn"]
 Sex = Literal["male", "female"]
 Status = Literal["exact", "fuzzy", "not_found"]
 Origin = Literal["layout", "rules", "llm"]
@@ -42,8 +45,9 @@ class Evidence(_M):
 
 
 class Reviewer(_M):
-    specialties: list[str] = Field(default_factory=list, max_length=8)
-    license_states: list[str] = Field(default_factory=list, max_length=8)
+    specialties: list[str] = Field(default_factory=list, max_length=20)
+    license_states: list[str] = Field(default_factory=list, max_length=60)
+    dwc_specialties: list[str] = Field(default_factory=list, max_length=20, description="the specialties in DWC's list of IMRO reviewer specialties")
 
 
 class Claimant(_M):
@@ -73,6 +77,9 @@ class Item(_M):
     category: Optional[Category] = None
     drug: Optional[str] = Field(None, description="medication items: the drug named, as the letter writes it")
     drug_class: Optional[DrugClass] = None
+    dwc_category: Optional[DwcCategory] = Field(None, description="DWC's request category (IMR decision search, yearly reports)")
+    dwc_subcategory: Optional[str] = Field(None, description="DWC's subcategory; for Pharmaceuticals, DWC's drug class")
+    dwc_drug_class: Optional[str] = Field(None, description="Pharmaceuticals: DWC's drug class (finer than drug_class)")
     quantity: Optional[int] = Field(None, description="units, sessions or tablets of the disputed request; frequency x duration when only those are given")
     frequency: Optional[str] = None
     body_regions: list[Region] = Field(default_factory=list, max_length=len(REGION_NAMES))
@@ -110,6 +117,7 @@ class DecisionRecord(_M):
     ur_denial_date: Optional[str] = None
     application_received: Optional[str] = None
     priority: Optional[str] = None
+    case_outcome: Optional[CaseOutcome] = Field(None, description="DWC's case outcome: Uphold, Overturn or Partial Overturn (mixed)")
     reviewer: Reviewer = Field(default_factory=Reviewer)
     claimant: Claimant = Field(default_factory=Claimant)
     clinical_summary: Optional[str] = None
@@ -128,7 +136,8 @@ class DecisionRecord(_M):
 
 CSV_COLUMNS = [
     "letter_id", "case_number", "source_path", "decision_date", "date_of_injury", "item_index",
-    "request", "original_request", "authorized", "category", "drug", "drug_class", "quantity", "frequency", "body_regions", "decision",
+    "request", "original_request", "authorized", "category", "drug", "drug_class", "dwc_category", "dwc_subcategory",
+    "dwc_drug_class", "case_outcome", "quantity", "frequency", "body_regions", "decision",
     "guideline_sources", "denial_reasons", "claims_administrator_guideline", "maximus_guideline",
     "reviewer_specialties", "reviewer_license_states", "claimant_age", "claimant_sex",
     "surgeries", "flags",
@@ -145,6 +154,8 @@ def csv_rows(rec: DecisionRecord) -> list[dict]:
             "decision_date": rec.decision_date, "date_of_injury": rec.date_of_injury,
             "item_index": it.index, "request": it.request, "original_request": it.original_request,
             "authorized": it.authorized, "category": it.category, "drug": it.drug, "drug_class": it.drug_class,
+            "dwc_category": it.dwc_category, "dwc_subcategory": it.dwc_subcategory, "dwc_drug_class": it.dwc_drug_class,
+            "case_outcome": rec.case_outcome,
             "quantity": it.quantity, "frequency": it.frequency, "body_regions": j(it.body_regions),
             "decision": it.decision,
             "guideline_sources": j(f"{g.name}{' ' + g.detail if g.detail else ''}{' p.' + g.pages if g.pages else ''} ({g.cited_by})" for g in it.guideline_sources),

@@ -224,7 +224,19 @@ def _mode(text: str, marks: _Marks) -> str:
 
 
 def _partial(text: str, marks: _Marks, f: Filters) -> None:
-    for m in re.finditer(r"\b(?:partial(?:ly)?\s+(?:authoriz\w*|approv\w*|certif\w*|modif\w*|overturn\w*)|partial(?:s)?|"
+    for m in re.finditer(r"\bpartial(?:ly)?\s+overturn\w*|\bmixed\s+(?:outcomes?|decisions?|letters?)", text, I):
+        if marks.free(m.start(), m.end()):  # DWC's case outcome: some items upheld, some overturned
+            neg, ns = _negated(text, m.start())
+            f.add(Cond("case_outcome", ("Partial Overturn",), negate=neg, words=text[ns:m.end()]))
+            marks.mark(ns, m.end())
+    for m in re.finditer(r"\b(?:DMEPOS|Diagnostic\s+Testing|Evaluation\s+(?:&|and)\s+Management|E&M|Rehabilitation(?!\s+program))\b", text, I):
+        if marks.free(m.start(), m.end()):  # DWC's request categories by name
+            name = {"dmepos": "DMEPOS", "e&m": "Evaluation & Management"}.get(m.group().lower(), m.group())
+            name = "Evaluation & Management" if name.lower().startswith("evaluation") else name
+            neg, ns = _negated(text, m.start())
+            f.add(Cond("dwc_category", (name,), negate=neg, words=text[ns:m.end()]))
+            marks.mark(ns, m.end())
+    for m in re.finditer(r"\b(?:partial(?:ly)?\s+(?:authoriz\w*|approv\w*|certif\w*|modif\w*)|partial(?:s)?|"
                          r"modified\s+(?:by\s+(?:the\s+)?(?:UR|utilization\s+review|claims\s+administrator))?|"
                          r"(?:the\s+)?remaining\s+(?:IMR\s+)?(?:eligible\s+)?portion)\b", text, I):
         if marks.free(m.start(), m.end()):

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import drugs, lexicon as lx
+from . import drugs, dwc, lexicon as lx
 from .segment import Layout, Span
 
 
@@ -30,6 +30,9 @@ def layout_facts(lay: Layout) -> list[Fact]:
         f.append(Fact(name, lay.header_values[name], sp.start, sp.end, "layout"))
     for sp in lay.specialties:
         f.append(Fact("reviewer.specialties[]", sp.text, sp.start, sp.end, "layout"))
+        name = dwc.specialty(sp.text)
+        if name:
+            f.append(Fact("reviewer.dwc_specialties[]", name, sp.start, sp.end, "layout"))
     for sp in lay.license_states:
         f.append(Fact("reviewer.license_states[]", sp.text.title(), sp.start, sp.end, "layout"))
     if lay.summary:
@@ -75,6 +78,7 @@ def rule_facts(lay: Layout, text: str) -> list[Fact]:
         req = it.request
         cat = _category(it)
         f.append(Fact(f"{p}.category", *cat) if cat else Fact(f"{p}.category", "other", req.start, req.end))
+        drug = None
         for name, hit in (("quantity", lx.quantity(req.text)), ("frequency", lx.frequency(req.text))):
             h = _sub(req, hit)
             if h:
@@ -84,9 +88,12 @@ def rule_facts(lay: Layout, text: str) -> list[Fact]:
             for sp in (req, it.original):
                 d = sp and drugs.classify(sp.text)
                 if d:
-                    f.append(Fact(f"{p}.drug", d[0], sp.start + d[3], sp.start + d[4]))
-                    f.append(Fact(f"{p}.drug_class", d[1], sp.start + d[3], sp.start + d[4]))
+                    drug = (d, sp.start + d[3], sp.start + d[4])
+                    f.append(Fact(f"{p}.drug", d[0], drug[1], drug[2]))
+                    f.append(Fact(f"{p}.drug_class", d[1], drug[1], drug[2]))
+                    f.append(Fact(f"{p}.dwc_drug_class", d[2], drug[1], drug[2]))
                     break
+        f.extend(_dwc_facts(p, it, cat, drug))
         # a disputed portion that names no region ("Two refills of ...") keeps the original request's
         for sp in (req, it.original):
             regs = lx.body_regions(sp.text) if sp else []
@@ -103,9 +110,36 @@ def rule_facts(lay: Layout, text: str) -> list[Fact]:
         if it.rationale:
             for code, s, e in lx.reasons(it.rationale.text, it.decision.text):
                 f.append(Fact(f"{p}.denial_reasons[]", code, it.rationale.start + s, it.rationale.start + e))
+    if lay.items:
+        outcome = dwc.case_outcome([_outcome(it.outcome or it.decision.text) for it in lay.items])
+        if outcome:  # evidence: an overturned item's decision when there is one, else the first decision
+            it = next((x for x in lay.items if (x.outcome or x.decision.text).lower() == "overturned"), lay.items[0])
+            f.append(Fact("case_outcome", outcome, it.decision.start, it.decision.end))
     if lay.summary:
         f.extend(_summary_facts(lay.summary, "date_of_injury" not in lay.header))
     return f
+
+
+def _dwc_facts(p: str, it, cat: tuple[str, int, int] | None, drug) -> list[Fact]:
+    """DWC's category and subcategory, grounded on the words that chose them (the category's, the
+    drug's, or the finer subcategory's)."""
+    name = cat[0] if cat else "other"
+    got = dwc.classify(name, it.request.text, drug[0][2] if drug else None)
+    if not got:
+        return []
+    dcat, sub, s, e = got
+    if s >= 0:
+        span = (it.request.start + s, it.request.start + e)
+    elif drug:
+        span = (drug[1], drug[2])
+    elif cat:
+        span = (cat[1], cat[2])
+    else:
+        return []
+    out = [Fact(f"{p}.dwc_category", dcat, *span)]
+    if sub:
+        out.append(Fact(f"{p}.dwc_subcategory", sub, *span))
+    return out
 
 
 # --- clinical case summary -------------------------------------------------------------------------
