@@ -57,6 +57,7 @@ class AnswerResult:
     letters: list[dict] = field(default_factory=list)
     model: str = "none"
     reading: dict = field(default_factory=dict)  # mode, filters (structured), unused words, sentence
+    stats: Optional[dict] = None  # statistical questions: totals and groups, as `imr stats --json`
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,6 +220,39 @@ def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filter
     return AnswerResult(question, "why", f.describe(), re.sub(r"[ \t]+", " ", text).strip(), cites, removed, model=model_label)
 
 
+def stats_answer(index: Index, question: str, f: Filters, reading: Reading) -> AnswerResult:
+    """A statistical question answered with the exact table of ``imr stats`` and cited letters per row."""
+    from .stats import compute
+
+    res = compute(index.store.db, reading.group_by, f)
+    t = res["total"]
+    lines = [reading.sentence()]
+    if reading.unused:
+        lines.append(f"Caution: these numbers ignore part of the question ({', '.join(reading.unused)}).")
+    def rate(g: dict) -> str:
+        if g["overturn_rate"] is None:
+            return "no items"
+        lo, hi = g["ci95"]
+        thin = "; few items, read the interval, not the rate" if g["thin"] else ""
+        return f"{g['overturned']} of {g['items']} overturned = {g['overturn_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}{thin})"
+    lines.append(f"All matching: {t['items']} items in {t['letters']} letters; {rate(t)}. Letters: {' '.join(t['cited'])}")
+    groups = res["groups"] if reading.group_by else []
+    if reading.measures == "rate" and groups:
+        groups = sorted(groups, key=lambda g: (-(g["overturn_rate"] or 0), -g["items"]))
+    # items with no value for the grouping field (e.g. no drug class: not a medication) come last
+    groups = [g for g in groups if None not in g["key"].values()] + [g for g in groups if None in g["key"].values()]
+    for g in groups[:25]:
+        key = ", ".join(f"{k}={v}" for k, v in g["key"].items())
+        lines.append(f"  {key}: {g['items']} items in {g['letters']} letters; {rate(g)}. Letters: {' '.join(g['cited'])}")
+    if len(groups) > 25:
+        lines.append(f"  ... {len(groups) - 25} more groups (imr stats --by {' --by '.join(reading.group_by)})")
+    if reading.group_by:
+        lines.append(res["note"] + ".")
+    out = AnswerResult(question, "stats", f.describe(), "\n".join(lines), count=t["items"], reading=reading.to_dict())
+    out.stats = res
+    return out
+
+
 def latest_decision(index: Index) -> str | None:
     row = index.store.db.execute("SELECT max(nullif(decision_date, '')) FROM items").fetchone()
     return row[0] if row else None
@@ -235,6 +269,8 @@ def ask(index: Index, question: str, k: int = 6, filters: Filters | None = None,
         return AnswerResult(question, reading.mode, f.describe(), reading.refused, reading=reading.to_dict())
     if reading.mode in ("count", "list"):
         return count_or_list(index, question, f, reading.mode, reading)
+    if reading.mode == "stats":
+        return stats_answer(index, question, f, reading)
     f = f.without("kind")
     hits = Retriever(index).search(question, k=k, filters=f)
     res = extractive(index, question, hits, f) if provider is None or not hits else llm_answer(index, provider, question, hits, f, model_label)

@@ -342,18 +342,23 @@ def run_reading(suite: Path, idx) -> dict:
         want = sorted(_cond_key(c) for c in q.get("filters", []))
         got = sorted(_cond_key(c.to_dict()) for c in r.filters.conds)
         refuse = bool(q.get("refuse"))
-        ok = r.mode == q["mode"] and (bool(r.refused) == refuse) and (refuse or want == got)
+        ok = (r.mode == q["mode"] and (bool(r.refused) == refuse) and (refuse or want == got)
+              and (q["mode"] != "stats" or r.group_by == q.get("group_by", [])))
         row = {"question": q["question"], "read_ok": ok, "sentence": r.sentence(), "expected": q.get("filters", []),
                "got": [c.to_dict() for c in r.filters.conds], "refused": r.refused}
-        if not refuse and q["mode"] == "count":
+        if not refuse and q["mode"] in ("count", "stats"):
             exp = Filters([Cond(c["field"], tuple(c.get("values", ())), c.get("min"), c.get("max"), c.get("negate", False))
                            for c in q.get("filters", [])])
             if missing & {c.field for c in exp.conds}:
                 row["count_scored"] = False
             else:
-                row["count_expected"] = sum(1 for x in rows_gold if exp.match(x))
-                row["count_got"] = ask(idx, q["question"]).count
-                row["count_ok"] = row["count_got"] == row["count_expected"]
+                hit = [x for x in rows_gold if exp.match(x)]
+                res = ask(idx, q["question"])
+                row["count_expected"], row["count_got"] = len(hit), res.count
+                if q["mode"] == "stats":  # the rate's numerator too, and groups that add up
+                    row["overturned_expected"] = sum(1 for x in hit if x["decision"] == "Overturned")
+                    row["overturned_got"] = res.stats["total"]["overturned"]
+                row["count_ok"] = row["count_got"] == row["count_expected"] and row.get("overturned_got") == row.get("overturned_expected")
         out.append(row)
     scored = [x for x in out if "count_ok" in x]
     return {"questions": len(out), "reading_accuracy": round(sum(x["read_ok"] for x in out) / max(1, len(out)), 4),

@@ -24,13 +24,17 @@ I = re.IGNORECASE
 @dataclass
 class Reading:
     question: str
-    mode: str  # count | list | why
+    mode: str  # count | list | why | stats
     filters: Filters
     unused: list[str] = field(default_factory=list)
+    group_by: list[str] = field(default_factory=list)  # stats: the table's rows
+    measures: str | None = None  # stats: "rate" (share overturned) or "top" (most frequent values)
     refused: str | None = None  # why the question cannot be answered as asked
 
     def sentence(self) -> str:
-        what = {"count": "Counting disputed items", "list": "Listing disputed items", "why": "Searching the reasons of disputed items"}[self.mode]
+        what = {"count": "Counting disputed items", "list": "Listing disputed items", "why": "Searching the reasons of disputed items",
+                "stats": "Overturn rate (95% interval) of disputed items" + (f" by {', '.join(self.group_by)}" if self.group_by else "")
+                }[self.mode]
         conds = self.filters.describe()
         s = f"{what} {conds}" if self.filters.active() else f"{what} (no filter: all of them)"
         if self.unused:
@@ -38,7 +42,7 @@ class Reading:
         return s + "."
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "filters": self.filters.to_dict(), "unused_words": self.unused,
+        return {"mode": self.mode, "group_by": self.group_by, "filters": self.filters.to_dict(), "unused_words": self.unused,
                 "sentence": self.sentence(), "refused": self.refused}
 
 
@@ -191,6 +195,9 @@ def read(question: str, latest: str | None = None) -> Reading:
     marks = _Marks(text)
     f = Filters()
     mode = _mode(text, marks)
+    group_by, measures = _stats(text, marks)
+    if group_by or measures:
+        mode = "stats"
     _partial(text, marks, f)
     _license(text, marks, f)
     _specialty(text, marks, f)
@@ -201,13 +208,54 @@ def read(question: str, latest: str | None = None) -> Reading:
     _categories(text, marks, f)
     _regions(text, marks, f)
     _decision(text, marks, f)
+    if mode == "stats" and measures == "rate":
+        # "what share of X were overturned?": the outcome is what is measured, not a filter
+        f.conds = [c for c in f.conds if c.field != "decision" or c.negate]
     unused = marks.unused_words()
     refused = None
     if unused and not f.active() and mode in ("count", "list"):
         refused = (f"I could not read a filter in this question (not understood: {', '.join(unused)}); "
                    "nothing was counted. Ask with a decision, category, drug class, body region, reviewer licence "
                    "or specialty, date, quantity, or partial authorization.")
-    return Reading(question, mode, f, unused, refused)
+    return Reading(question, mode, f, unused, group_by=group_by, measures=measures, refused=refused)
+
+
+_BY = [
+    ("decision_month", r"months?|monthly"), ("decision_year", r"years?|yearly|annually"),
+    ("drug_class", r"drug\s+class(?:es)?|class(?:es)?\s+of\s+drugs?"), ("body_region", r"(?:body\s+)?regions?|body\s+parts?"),
+    ("dwc_category", r"DWC\s+categor(?:y|ies)"), ("dwc_subcategory", r"(?:DWC\s+)?subcategor(?:y|ies)"),
+    ("category", r"categor(?:y|ies)|types?\s+of\s+(?:requests?|treatments?|services?)|request\s+types?|treatment\s+types?"),
+    ("reviewer_specialty", r"(?:reviewer\s+)?specialt(?:y|ies)"), ("license_state", r"(?:licen[cs]e\s+)?states?"),
+    ("guideline_source", r"guidelines?(?:\s+sections?)?|guideline\s+sources?"),
+    ("denial_reason", r"(?:denial\s+)?reasons?|grounds"), ("case_outcome", r"(?:case\s+)?outcomes?"),
+    ("partial_authorization", r"partial\s+authori[sz]ations?"),
+]
+
+
+def _stats(text: str, marks: _Marks) -> tuple[list[str], str | None]:
+    """Statistical questions: rates ("what share", "overturn rate", "how often", "most often") and
+    tables ("by month", "which drug classes", "top guideline sections")."""
+    measures = None
+    m = re.search(r"\bwhat\s+(?:is\s+the\s+)?(?:share|percentage|percent|proportion|fraction)(?:\s+of)?\b|"
+                  r"\b(?:overturn(?:ing)?|reversal|approval|uphold|success|denial)\s+rates?\b|\bhow\s+often\b|\bmost\s+often\b|"
+                  r"\b(?:odds|chances?|likelihood|likely)\b", text, I)
+    if m:
+        measures = "rate"
+        marks.mark(m.start(), m.end())
+    by: list[str] = []
+    for fld, p in _BY:
+        for bm in re.finditer(rf"\b(?:by|per|for\s+each|across)\s+(?:the\s+)?(?:{p})\b|"
+                              rf"^\s*(?:which|what)\s+(?:{p})\b|\b(?:top|most\s+(?:common|frequent|cited))\s+(?:\d+\s+)?(?:{p})\b", text, I):
+            if marks.free(bm.start(), bm.end()) or re.match(r"\s*(?:which|what)\b", bm.group(), I):
+                by.append(fld)
+                marks.mark(bm.start(), bm.end())
+                break
+    for cm in re.finditer(r"\b(?:cited|mentioned|applied|used|given|invoked)\b", text, I):
+        if by:
+            marks.mark(cm.start(), cm.end())
+    if by and measures is None:
+        measures = "rate" if re.search(r"\boverturn\w*|\bupheld|\bapproved", text, I) and not re.search(r"\b(?:top|cited|most\s+common)\b", text, I) else "top"
+    return by, measures
 
 
 def _mode(text: str, marks: _Marks) -> str:

@@ -1,0 +1,90 @@
+"""`imr stats` and statistical questions: exact over the store, groups that add up, Wilson intervals."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imr_llm.cli import app
+from imr_llm.stats import wilson
+
+from .test_real_letters import GOLD, REAL
+
+runner = CliRunner()
+
+
+def test_wilson_against_known_values():
+    # Wilson 95% intervals (z = 1.96), e.g. Newcombe 1998, table I
+    assert wilson(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert wilson(15, 148) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+    assert wilson(0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
+    assert wilson(1, 29) == pytest.approx((0.0061, 0.1718), abs=1e-4)
+    assert wilson(0, 0) is None
+
+
+@pytest.fixture(scope="module")
+def real_index(tmp_path_factory):
+    import os
+
+    d = tmp_path_factory.mktemp("stats")
+    old = os.environ.get("IMR_DATA_DIR")
+    os.environ["IMR_DATA_DIR"] = str(d / ".imr")
+    res = runner.invoke(app, ["ingest", *map(str, REAL), "--out", str(d / "r.jsonl")])
+    assert res.exit_code == 0, res.output
+    yield d / ".imr"
+    if old is None:
+        os.environ.pop("IMR_DATA_DIR", None)
+    else:
+        os.environ["IMR_DATA_DIR"] = old
+
+
+def _gold_items():
+    return [(g["letter_id"], it) for p in sorted(GOLD.glob("r*.json")) if not p.stem.startswith("r195")
+            for g in [json.loads(p.read_text())] for it in g["items"]]
+
+
+def test_totals_and_groups_add_up_to_the_gold(real_index, monkeypatch):
+    monkeypatch.setenv("IMR_DATA_DIR", str(real_index))
+    gold = _gold_items()
+    res = runner.invoke(app, ["stats", "--by", "category", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert r["total"]["items"] == len(gold) and r["total"]["letters"] == 63
+    assert r["total"]["overturned"] == sum(1 for _, it in gold if it["decision"] == "Overturned")
+    assert sum(g["items"] for g in r["groups"]) == r["total"]["items"]
+    assert sum(g["overturned"] for g in r["groups"]) == r["total"]["overturned"]
+    by_cat = {g["key"]["category"]: g for g in r["groups"]}
+    for cat in {it["category"] for _, it in gold}:
+        want = [it for _, it in gold if it["category"] == cat]
+        assert by_cat[cat]["items"] == len(want)
+        assert by_cat[cat]["overturned"] == sum(1 for it in want if it["decision"] == "Overturned")
+    # the public figures: 9-13% of decisions overturned a year; pharmacy a third to a half of items
+    rate = r["total"]["overturn_rate"]
+    assert 0.05 < rate < 0.2
+    # two fields, filters in words, CSV
+    res = runner.invoke(app, ["stats", "medications other than opioids", "--by", "drug_class", "--by", "decision_year", "--csv"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[0].startswith("drug_class,decision_year,items")
+    n = sum(int(x.split(",")[2]) for x in lines[1:])
+    assert n == sum(1 for _, it in gold if it["category"] == "medication" and it["drug_class"] != "opioid")
+
+
+def test_statistical_questions_answer_with_the_exact_table_and_cited_letters(real_index, monkeypatch):
+    monkeypatch.setenv("IMR_DATA_DIR", str(real_index))
+    gold = _gold_items()
+    res = runner.invoke(app, ["ask", "What share of physical therapy requests were overturned, by body region?", "--json"])
+    assert res.exit_code == 0, res.output
+    a = json.loads(res.output)
+    assert a["mode"] == "stats" and a["reading"]["group_by"] == ["body_region"]
+    pt = [it for _, it in gold if it["category"] == "physical_therapy"]
+    assert a["stats"]["total"]["items"] == len(pt)
+    assert a["stats"]["total"]["overturned"] == sum(1 for it in pt if it["decision"] == "Overturned")
+    for g in a["stats"]["groups"]:
+        reg = g["key"]["body_region"]
+        want = [it for it in pt if (reg in it["body_regions"]) or (reg is None and not it["body_regions"])]
+        assert g["items"] == len(want), reg
+        assert g["cited"] and all(c.startswith("[CM1") for c in g["cited"])
+    assert "95% CI" in a["answer"]
