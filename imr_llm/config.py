@@ -77,6 +77,7 @@ class EnvSettings(BaseSettings):
     local_only: bool = _f(False, "limits", "refuse any provider, embedder or Chroma server not on this machine or a private URL")
     private_hosts: str = _f("", "limits", "comma-separated hosts you declare private (for IMR_LOCAL_ONLY)")
     max_bytes: int = _f(16 * 1024 * 1024, "limits", "largest letter file read", gt=0)
+    serve_token: Optional[SecretStr] = _f(None, "limits", "`imr serve` beyond 127.0.0.1: the token every request must carry")
 
     def env_name(self, field: str) -> str:
         alias = type(self).model_fields[field].validation_alias

@@ -1,0 +1,270 @@
+"""`imr serve`: a local page to read letters, see where every value came from, and ask.
+
+Starlette + Jinja2 (autoescaped) served by uvicorn; templates, CSS, JS and charts ship in the
+package and nothing is fetched at run time. Letter text and model output are hostile input: they
+are only ever inserted as escaped text, scripts come from this app alone (a strict
+Content-Security-Policy forbids inline script and style), and no route takes a file path: letters
+are looked up by the ``letter_id`` the store knows. Bound to 127.0.0.1 unless a token is set.
+"""
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .filters import Cond, FilterError, Filters
+from .index import Index
+from .models import CSV_COLUMNS, DecisionRecord, csv_rows
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE = 50
+# facet -> (filter field, items column expression)
+FACETS = {
+    "decision": ("decision", "decision"), "category": ("category", "category"), "drug_class": ("drug_class", "nullif(drug_class, '')"),
+    "region": ("region", "regions"), "partial": ("partial", "CASE WHEN partial THEN 'yes' ELSE 'no' END"),
+    "specialty": ("dwc_specialty", "dwc_specialties"), "license_state": ("license_state", "license_states"),
+    "year": ("decision_date", "substr(nullif(decision_date, ''), 1, 4)"),
+}
+# evidence field -> colour class (one per kind of value)
+KINDS = [("decision", "k-decision"), ("request", "k-request"), ("original_request", "k-request"), ("authorized", "k-request"),
+         ("category", "k-category"), ("dwc_", "k-category"), ("drug", "k-drug"), ("quantity", "k-quantity"),
+         ("frequency", "k-quantity"), ("body_region", "k-region"), ("guideline", "k-guideline"), ("denial_reasons", "k-reason"),
+         ("date", "k-date"), ("application_received", "k-date"), ("case_number", "k-header"), ("priority", "k-header"),
+         ("reviewer", "k-reviewer"), ("claimant", "k-claimant"), ("diagnoses", "k-clinical"), ("surgeries", "k-clinical"),
+         ("prior_treatments", "k-clinical"), ("case_outcome", "k-decision")]
+_env = Environment(loader=PackageLoader("imr_llm", "templates"), autoescape=select_autoescape(["html"]))
+
+
+def kind_of(field: str) -> str:
+    leaf = field.split(".")[-1].split("[")[0]
+    top = field.split(".")[0].split("[")[0]
+    if "date" in leaf:
+        return "k-date"
+    for key, cls in KINDS:
+        if leaf.startswith(key) or top.startswith(key):
+            return cls
+    return "k-other"
+
+
+def selection(params) -> Filters:
+    """Filters from the page's query string (facet values), validated like `imr ask`'s options."""
+    f = Filters()
+    for name, (field_, _) in FACETS.items():
+        for v in params.getlist(name):
+            if name == "partial":
+                f.add(Cond("partial", negate=v == "no"))
+            elif name == "year":
+                f.add(Cond("decision_date", lo=f"{int(v):04d}-01-01", hi=f"{int(v):04d}-12-31"))
+            else:
+                f.add(Cond(field_, (v,)))
+    return f
+
+
+def letter_segments(text: str, evidence: list[dict]) -> list[dict]:
+    """The text cut where evidence spans start and end; each piece with its offset and the
+    innermost value covering it (rationales and summaries are too long to colour)."""
+    spans = [(i, e) for i, e in enumerate(evidence) if e.get("status") != "not_found" and e.get("start") is not None
+             and not e["field"].endswith(("rationale", "clinical_summary"))]
+    bounds = sorted({0, len(text)} | {e["start"] for _, e in spans} | {e["end"] for _, e in spans})
+    segs = []
+    for a, b in zip(bounds, bounds[1:]):
+        cover = [(i, e) for i, e in spans if e["start"] <= a and e["end"] >= b]
+        seg = {"start": a, "text": text[a:b]}
+        if cover:
+            i, e = min(cover, key=lambda x: x[1]["end"] - x[1]["start"])
+            seg.update(ev=i, cls=kind_of(e["field"]), title=e["field"], first=e["start"] == a)
+        segs.append(seg)
+    return segs
+
+
+def create_app(data_dir: Path, token: str | None = None) -> Starlette:
+    def index() -> Index:
+        return Index(data_dir, embedder=None)
+
+    def page(name: str, status: int = 200, **ctx) -> HTMLResponse:
+        return HTMLResponse(_env.get_template(name).render(**ctx), status_code=status)
+
+    def not_found(msg: str) -> HTMLResponse:
+        return page("error.html", 404, title="Not found", message=msg)
+
+    async def home(request: Request) -> Response:
+        try:
+            f = selection(request.query_params)
+        except (FilterError, ValueError) as e:
+            return page("error.html", 400, title="Bad filter", message=str(e))
+        idx = index()
+        db = idx.store.db
+        where, args = f.sql()
+        total = db.execute(f"SELECT count(*), count(DISTINCT letter_id) FROM items WHERE {where}", args).fetchone()
+        pg = max(1, int(request.query_params.get("page", "1") or 1))
+        rows = db.execute(f"SELECT letter_id, cite_id, item, request, decision, category, drug_class, decision_date FROM items "
+                          f"WHERE {where} ORDER BY decision_date DESC, letter_id, item LIMIT ? OFFSET ?",
+                          [*args, PAGE, (pg - 1) * PAGE]).fetchall()
+        facets = {}
+        for name, (_, expr) in FACETS.items():
+            listy = expr in ("regions", "dwc_specialties", "license_states")
+            counts: dict[str, int] = {}
+            for v, n in db.execute(f"SELECT {expr}, count(*) FROM items WHERE {where} GROUP BY 1", args):
+                for x in ([y for y in (v or "").strip("|").split("|") if y] if listy else [v]):
+                    if x:
+                        counts[x] = counts.get(x, 0) + n
+            chosen = set(request.query_params.getlist(name))
+            facets[name] = [{"value": v, "count": n, "on": v in chosen,
+                             "href": "/?" + _toggle(request.query_params, name, v)}
+                            for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:30]]
+        qs = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "page"])
+        return page("home.html", items=rows, total=total[0], letters=total[1], facets=facets, page=pg,
+                    pages=max(1, -(-total[0] // PAGE)), qs=qs, sentence=f.describe())
+
+    async def letter(request: Request) -> Response:
+        lid = request.path_params["letter_id"]
+        idx = index()
+        got = idx.store.db.execute("SELECT json, paths FROM records WHERE letter_id=?", (lid,)).fetchone()
+        if not got:
+            return not_found(f"No letter {lid!r} in this index.")
+        rec = json.loads(got[0])
+        from .load import LetterError, read_letter
+
+        try:
+            text = read_letter(rec["source_path"]).text
+        except LetterError as e:
+            return page("error.html", 410, title="Letter file not readable", message=str(e))
+        ev = rec["evidence"]
+        found = [dict(e, n=i, cls=kind_of(e["field"])) for i, e in enumerate(ev) if e["status"] != "not_found"]
+        dropped = [e for e in ev if e["status"] == "not_found"]
+        return page("letter.html", rec=rec, segments=letter_segments(text, ev), found=found, dropped=dropped,
+                    paths=json.loads(got[1] or "[]"), items=rec["items"])
+
+    async def ask_page(request: Request) -> Response:
+        from .answer import AnswerError, ask
+
+        q = (request.query_params.get("q") or "").strip()
+        if not q:
+            return page("ask.html", q="", res=None)
+        try:
+            res = ask(index(), q, k=6)
+        except (FilterError, AnswerError) as e:
+            return page("error.html", 400, title="Cannot answer", message=str(e))
+        return page("ask.html", q=q, res=res)
+
+    async def export(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        try:
+            f = selection(request.query_params)
+        except (FilterError, ValueError) as e:
+            return PlainTextResponse(str(e), 400)
+        db = index().store.db
+        where, args = f.sql()
+        chosen: dict[str, set[int]] = {}
+        for lid, item in db.execute(f"SELECT letter_id, item FROM items WHERE {where}", args):
+            chosen.setdefault(lid, set()).add(item)
+        out = io.StringIO()
+        w = csv.DictWriter(out, fieldnames=CSV_COLUMNS) if kind == "csv" else None
+        if w:
+            w.writeheader()
+        for (js,) in db.execute("SELECT json FROM records ORDER BY source_path"):
+            rec = DecisionRecord.model_validate_json(js)
+            if rec.letter_id not in chosen:
+                continue
+            if w:  # the rows `imr extract --csv` writes, for the selected items
+                w.writerows(r for r in csv_rows(rec) if r["item_index"] in chosen[rec.letter_id])
+            else:  # the lines `imr extract` writes, for letters with a selected item
+                out.write(rec.model_dump_json(exclude={"usage": {"cached"}}) + "\n")
+        media = "text/csv" if kind == "csv" else "application/x-ndjson"
+        return Response(out.getvalue(), media_type=media,
+                        headers={"content-disposition": f'attachment; filename="imr-selection.{kind}"'})
+
+    async def chart(request: Request) -> Response:
+        from . import charts
+        from .stats import compute
+
+        name = request.path_params["name"]
+        if name not in ("category", "month"):
+            return not_found("No such chart.")
+        try:
+            f = selection(request.query_params)
+        except (FilterError, ValueError) as e:
+            return PlainTextResponse(str(e), 400)
+        res = compute(index().store.db, ["category" if name == "category" else "decision_month"], f)
+        svg = charts.overturn_by_category(res) if name == "category" else charts.items_by_month(res)
+        return Response(svg, media_type="image/svg+xml")
+
+    routes = [Route("/", home), Route("/letters/{letter_id:str}", letter), Route("/ask", ask_page),
+              Route("/export.{kind:str}", export), Route("/chart/{name:str}.svg", chart),
+              Mount("/static", StaticFiles(packages=[("imr_llm", "static")]), name="static")]
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if getattr(exc, "status_code", 500) == 404:
+            return not_found("No such page.")
+        from .index import IndexError_
+
+        if isinstance(exc, IndexError_):
+            return page("error.html", 503, title="No index", message=str(exc))
+        return page("error.html", 500, title="Error", message=f"{type(exc).__name__}")
+
+    from starlette.exceptions import HTTPException
+
+    app = Starlette(routes=routes, middleware=[Middleware(Guard, token=token)],
+                    exception_handlers={HTTPException: on_error, Exception: on_error})
+    return app
+
+
+def _toggle(params, name: str, value: str) -> str:
+    items = [(k, v) for k, v in params.multi_items() if k != "page"]
+    if (name, value) in items:
+        items.remove((name, value))
+    else:
+        items.append((name, value))
+    return urlencode(items)
+
+
+class Guard:
+    """Security headers on every response; with a token, every request must carry it (query
+    ``?token=`` once, then an HttpOnly cookie; or ``Authorization: Bearer``)."""
+
+    def __init__(self, app, token: str | None = None):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        req = Request(scope)
+        set_cookie = False
+        if self.token:
+            given = (req.query_params.get("token") or req.cookies.get("imr_token")
+                     or req.headers.get("authorization", "").removeprefix("Bearer ").strip())
+            if not given or not hmac.compare_digest(given, self.token):
+                resp = PlainTextResponse("401: this imr page needs its token (IMR_SERVE_TOKEN)", 401)
+                await _secure(resp)(scope, receive, send)
+                return
+            set_cookie = "token" in req.query_params
+
+        async def send2(msg):
+            if msg["type"] == "http.response.start":
+                h = [(k, v) for k, v in msg.get("headers", []) if k.lower() != b"content-security-policy"]
+                h += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                      (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store")]
+                if set_cookie:
+                    h.append((b"set-cookie", f"imr_token={self.token}; HttpOnly; SameSite=Strict; Path=/".encode()))
+                msg = {**msg, "headers": h}
+            await send(msg)
+
+        await self.app(scope, receive, send2)
+
+
+def _secure(resp: Response) -> Response:
+    resp.headers["content-security-policy"] = CSP
+    resp.headers["x-content-type-options"] = "nosniff"
+    return resp

@@ -1,0 +1,177 @@
+"""`imr serve`: routes, the token rule and downloads over HTTP; the page itself in a real headless
+Chromium (Debian's chromium + chromium-driver, driven by Selenium): filter, ask, follow a citation
+to its highlighted sentence, and a hostile letter that must run nothing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imr_llm.cli import app
+
+from .conftest import LETTERS, ROOT, SEEDS
+
+runner = CliRunner()
+HOSTILE = ('<script>window.__pwned=1</script> <img src=x onerror="window.__pwned=2"> '
+           '<a href="javascript:window.__pwned=3">click</a> {{ 7*7 }} {% raw %}')
+
+
+@pytest.fixture
+def data(tmp_path):
+    d = tmp_path / "letters"
+    d.mkdir()
+    for p in SEEDS.values():
+        (d / p.name).write_text(p.read_text())
+    shutil.copy(LETTERS / "r015_CM16-0233904.pdf", d)
+    shutil.copy(LETTERS / "r020_CM16-0235991.pdf", d)  # one item overturned
+    t = SEEDS["000"].read_text()
+    (d / "hostile.txt").write_text(t.replace("Twelve additional physical therapy visits", HOSTILE + " Twelve additional physical therapy visits", 1)
+                                   .replace("Decision rationale:", "Decision rationale: " + HOSTILE, 1))
+    res = runner.invoke(app, ["extract", str(d), "--out", str(tmp_path / "records.jsonl"), "--csv", str(tmp_path / "items.csv")])
+    assert res.exit_code == 0, res.output
+    assert runner.invoke(app, ["index", str(tmp_path / "records.jsonl")]).exit_code == 0
+    return Path(os.environ["IMR_DATA_DIR"])
+
+
+def client(data_dir, token=None):
+    from starlette.testclient import TestClient
+
+    from imr_llm.web import create_app
+
+    return TestClient(create_app(data_dir, token))
+
+
+def test_routes_404s_token_and_headers(data):
+    c = client(data)
+    r = c.get("/")
+    assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
+    assert "unsafe-inline" not in r.headers["content-security-policy"]
+    assert c.get("/letters/nope").status_code == 404
+    assert c.get("/letters/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert c.get("/no/such/route").status_code == 404
+    assert c.get("/?decision=Maybe").status_code == 400
+    r = c.get("/letters/r015_CM16-0233904")
+    assert r.status_code == 200 and "Baclofen 100mg #3" in r.text and 'id="ev-' in r.text
+    r = c.get("/ask", params={"q": "How many requests were upheld?"})
+    assert r.status_code == 200 and "Counting disputed items whose decision is Upheld" in r.text
+    t = client(data, token="s3cret-token")
+    assert t.get("/").status_code == 401 and t.get("/letters/r015_CM16-0233904").status_code == 401
+    r = t.get("/?token=s3cret-token")
+    assert r.status_code == 200 and "imr_token=" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
+    assert t.get("/").status_code == 200  # the cookie carries it now
+    assert client(data, "s3cret-token").get("/", headers={"authorization": "Bearer s3cret-token"}).status_code == 200
+    assert client(data, "s3cret-token").get("/", headers={"authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_hostile_letter_is_escaped_in_the_html(data):
+    html = client(data).get("/letters/hostile").text
+    assert "<script>window.__pwned" not in html and "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+    assert 'onerror="window' not in html and "{{ 7*7 }}" in html and "49" not in html.split("{{ 7*7 }}")[0][-5:]
+
+
+def test_downloads_equal_what_imr_writes(data, tmp_path):
+    c = client(data)
+    jl = c.get("/export.jsonl").text.splitlines()
+    assert sorted(jl) == sorted((tmp_path / "records.jsonl").read_text().splitlines())
+    csv_rows = c.get("/export.csv").text.splitlines()
+    written = (tmp_path / "items.csv").read_text().splitlines()
+    assert csv_rows[0] == written[0] and sorted(csv_rows[1:]) == sorted(written[1:])
+    up = c.get("/export.csv", params={"decision": "Overturned"}).text.splitlines()
+    assert len(up) - 1 == sum(1 for x in written[1:] if ",Overturned," in x)
+
+
+def test_serve_refuses_other_hosts_without_a_token(data):
+    res = runner.invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert res.exit_code == 2 and "needs IMR_SERVE_TOKEN" in res.output
+
+
+# --- the page in a real browser ------------------------------------------------------------------
+
+def _browser():
+    chrome, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chrome and driver):
+        if os.environ.get("IMR_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium and chromedriver are required (apt-get install chromium chromium-driver)")
+        pytest.skip("chromium/chromedriver not installed")
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not try to download a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    o = webdriver.ChromeOptions()
+    o.binary_location = chrome
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000", "--disable-dev-shm-usage"):
+        o.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=o)
+
+
+@pytest.fixture
+def live(data):
+    import uvicorn
+
+    from imr_llm.web import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(data), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    th.join(10)
+
+
+def test_in_chromium_filter_ask_follow_a_citation_and_a_hostile_letter(live):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    shots = ROOT / "out" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    b = _browser()
+    try:
+        b.get(live + "/")
+        total = int(b.find_element(By.ID, "total").text)
+        b.find_element(By.CSS_SELECTOR, 'a.facet[data-facet="decision"][data-value="Upheld"]').click()
+        upheld = int(b.find_element(By.ID, "total").text)
+        assert 0 < upheld < total
+        b.save_screenshot(str(shots / "home-filtered.png"))
+        box = b.find_element(By.ID, "q")
+        box.send_keys("why were physical therapy requests upheld after spinal fusion surgery?", Keys.ENTER)
+        cites = b.find_elements(By.CSS_SELECTOR, "a.cite")
+        assert cites, b.page_source[:2000]
+        assert "Searching the reasons of disputed items" in b.find_element(By.ID, "reading").text
+        b.save_screenshot(str(shots / "ask.png"))
+        quote = cites[0].get_attribute("data-quote")
+        cites[0].click()
+        time.sleep(0.5)
+        assert "/letters/" in b.current_url and "#c=" in b.current_url
+        cited = b.execute_script("return window.imrCited")
+        assert cited == quote, (cited, quote)
+        visible = b.execute_script("""const r = CSS.highlights.get('cite'); const box = [...r][0].getBoundingClientRect();
+                                      return box.top >= 0 && box.bottom <= window.innerHeight && box.width > 0;""")
+        assert visible
+        b.save_screenshot(str(shots / "letter-cited.png"))
+        # clicking a field flashes its span
+        link = b.find_element(By.CSS_SELECTOR, "a.field-link")
+        link.click()
+        assert b.find_elements(By.CSS_SELECTOR, "mark.flash")
+        b.get(live + "/letters/hostile")
+        time.sleep(0.3)
+        assert b.execute_script("return typeof window.__pwned") == "undefined"
+        text = b.find_element(By.ID, "letter").text
+        assert "<script>window.__pwned=1</script>" in text and "{{ 7*7 }}" in text
+        assert not b.find_elements(By.CSS_SELECTOR, "#letter img, #letter a, #letter script")
+        b.save_screenshot(str(shots / "hostile-letter.png"))
+    finally:
+        b.quit()
