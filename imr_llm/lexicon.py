@@ -258,8 +258,15 @@ _FREQ_DUR = re.compile(
 _TIMES_N = re.compile(rf"\btimes\s+(?P<n>{_NUM})\b(?!\s*(?:a\s+|per\s+|weekly|weeks?|days?|months?|x\b))", re.IGNORECASE)
 
 
+# "Daily RN for 4 weeks" (seen on a real letter): one a day for the duration
+_DAILY_DUR = re.compile(rf"^\s*(?:daily|once\s+a\s+day)\b(?:\s+[\w/-]+){{0,3}}?\s+for\s+(?P<n>{_NUM})\s+(?P<u>weeks?|days?)\b", re.IGNORECASE)
+
+
 def _freq_total(request: str) -> tuple[int, int, int] | None:
     """Total sessions from frequency x duration (the upper bound of "1 to 2 times")."""
+    d = _DAILY_DUR.search(request)
+    if d and (n := to_int(d.group("n"))):
+        return n * (7 if d.group("u").lower().startswith("week") else 1), d.start(), d.end()
     m = _FREQ_DUR.search(request)
     if not m:
         return None
@@ -276,7 +283,7 @@ _FREQ = re.compile(
     rf"|\b{_NUM}(?:\s*(?:to|-)\s*{_NUM})?\s*(?:x|times)\s*(?:a\s+)?(?:weekly|per\s+week|a\s+week|/\s*week|/\s*wk)(?:\s*,?\s*(?:for|x|times)\s*{_NUM}\s*(?:weeks?|wks?))?"
     r"|\b\d+\s*[xX]\s*\d+\b(?!\s*(?:mg|mcg))"
     rf"|\b{_NUM}\s+times\s+{_NUM}\b(?!\s*(?:mg|mcg|%|/|weeks?|days?|months?|times?))"
-    r"|\b(?:once|twice|three times)\s+(?:daily|weekly|monthly)"
+    r"|\b(?:once|twice|three times)\s+(?:daily|weekly|monthly)|^\s*daily\b"
     r"|\b(?:every|q)\s*\d+\s*(?:-\s*\d+\s*)?(?:hours?|hrs?|h)\b|\b(?:b\.?i\.?d|t\.?i\.?d|q\.?i\.?d|q\.?d|p\.?r\.?n)\b\.?",
     re.IGNORECASE,
 )

@@ -140,21 +140,29 @@ def test_in_chromium_filter_ask_follow_a_citation_and_a_hostile_letter(live):
     shots.mkdir(parents=True, exist_ok=True)
     b = _browser()
     try:
+        from selenium.webdriver.support.ui import WebDriverWait as Wait
+
         b.get(live + "/")
         total = int(b.find_element(By.ID, "total").text)
         b.find_element(By.CSS_SELECTOR, 'a.facet[data-facet="decision"][data-value="Upheld"]').click()
+        Wait(b, 15).until(lambda d: "decision=Upheld" in d.current_url)
         upheld = int(b.find_element(By.ID, "total").text)
         assert 0 < upheld < total
         b.save_screenshot(str(shots / "home-filtered.png"))
         box = b.find_element(By.ID, "q")
         box.send_keys("why were physical therapy requests upheld after spinal fusion surgery?", Keys.ENTER)
+        from selenium.webdriver.support.ui import WebDriverWait as Wait
+
+        Wait(b, 30).until(lambda d: d.find_elements(By.ID, "answer"))
         cites = b.find_elements(By.CSS_SELECTOR, "a.cite")
         assert cites, b.page_source[:2000]
         assert "Searching the reasons of disputed items" in b.find_element(By.ID, "reading").text
         b.save_screenshot(str(shots / "ask.png"))
         quote = cites[0].get_attribute("data-quote")
         cites[0].click()
-        time.sleep(0.5)
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(b, 15).until(lambda d: d.execute_script("return typeof window.imrCited === 'string'"))
         assert "/letters/" in b.current_url and "#c=" in b.current_url
         cited = b.execute_script("return window.imrCited")
         assert cited == quote, (cited, quote)
@@ -165,7 +173,7 @@ def test_in_chromium_filter_ask_follow_a_citation_and_a_hostile_letter(live):
         # clicking a field flashes its span
         link = b.find_element(By.CSS_SELECTOR, "a.field-link")
         link.click()
-        assert b.find_elements(By.CSS_SELECTOR, "mark.flash")
+        Wait(b, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, "mark.flash"))
         b.get(live + "/letters/hostile")
         time.sleep(0.3)
         assert b.execute_script("return typeof window.__pwned") == "undefined"
