@@ -136,7 +136,7 @@ class Extractor:
     async def _one(self, path: str) -> Outcome:
         # The record key needs only the file's bytes: an unchanged letter is answered from the cache
         # without decoding, normalising or (for a PDF) extracting its text again.
-        data = read_bytes(path)
+        data = read_bytes(path, self.s.env.max_bytes if self.s.env else None)
         rkey = key("record", hashlib.sha256(data).hexdigest(), str(Path(path)), self.s.label, self.prompt,
                    SCHEMA_VERSION, code_fingerprint())
         if self.cache and (hit := self.cache.get(rkey)):

@@ -256,13 +256,10 @@ def _glob_regex(pattern: str) -> "re.Pattern":
     return re.compile("".join(out))
 
 
-def max_bytes() -> int:
-    from .config import env
-
-    return env().max_bytes
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024  # IMR_MAX_BYTES; callers pass the setting (the core reads no settings)
 
 
-def read_bytes(path: str | Path) -> bytes:
+def read_bytes(path: str | Path, max_bytes: int | None = None) -> bytes:
     """The file's bytes, or ``LetterError`` for a missing, empty or over-size file."""
     path = Path(path)
     try:
@@ -271,7 +268,7 @@ def read_bytes(path: str | Path) -> bytes:
         raise LetterError(path, f"cannot read file ({e.strerror or e})") from None
     if size == 0:
         raise LetterError(path, "empty file")
-    limit = max_bytes()
+    limit = max_bytes or DEFAULT_MAX_BYTES
     if size > limit:
         raise LetterError(path, f"file too large ({size / 1e6:.1f} MB > {limit / 1e6:.0f} MB limit; set IMR_MAX_BYTES)")
     try:
@@ -280,12 +277,12 @@ def read_bytes(path: str | Path) -> bytes:
         raise LetterError(path, f"cannot read file ({e.strerror or e})") from None
 
 
-def read_letter(path: str | Path, data: bytes | None = None) -> Letter:
+def read_letter(path: str | Path, data: bytes | None = None, max_bytes: int | None = None) -> Letter:
     """Read one ``.txt`` or ``.pdf`` letter; raise ``LetterError`` with a one-line reason.
     ``data``: the file's bytes when the caller has already read them (``read_bytes``)."""
     path = Path(path)
     if data is None:
-        data = read_bytes(path)
+        data = read_bytes(path, max_bytes)
     sha = hashlib.sha256(data).hexdigest()
     notes: list[str] = []
     if data[:5] == b"%PDF-" or path.suffix.lower() == ".pdf":

@@ -138,20 +138,24 @@ class Retriever:
                     keep = set(rows)
             dense = [c for c in dense if c in keep]
             lex = [c for c in lex if c in keep]
-        fused: dict[str, Hit] = {}
-        for name, ranked in (("dense", dense), ("lexical", lex)):
-            for r, cid in enumerate(ranked):
-                h = fused.setdefault(cid, Hit(cid, 0.0, rows[cid]))
-                h.score += 1.0 / (RRF_K + r + 1)
-                h.ranks[name] = r + 1
-        ordered = sorted(fused.values(), key=lambda h: (-h.score, h.id))
-        out, per = [], {}
-        for h in ordered:  # diversity: at most `per_letter` chunks of one letter
-            lid = h.row["letter_id"]
-            if per.get(lid, 0) >= per_letter:
-                continue
-            per[lid] = per.get(lid, 0) + 1
-            out.append(h)
-            if len(out) >= k:
-                break
-        return out
+        return fuse({"dense": dense, "lexical": lex}, rows, k, per_letter)
+
+
+def fuse(rankings: dict[str, list[str]], rows: dict[str, dict], k: int, per_letter: int = 1) -> list[Hit]:
+    """Reciprocal rank fusion of ranked chunk ids, then at most ``per_letter`` chunks of one letter."""
+    fused: dict[str, Hit] = {}
+    for name, ranked in rankings.items():
+        for r, cid in enumerate(ranked):
+            h = fused.setdefault(cid, Hit(cid, 0.0, rows[cid]))
+            h.score += 1.0 / (RRF_K + r + 1)
+            h.ranks[name] = r + 1
+    out, per = [], {}
+    for h in sorted(fused.values(), key=lambda h: (-h.score, h.id)):
+        lid = h.row["letter_id"]
+        if per.get(lid, 0) >= per_letter:
+            continue
+        per[lid] = per.get(lid, 0) + 1
+        out.append(h)
+        if len(out) >= k:
+            break
+    return out

@@ -55,13 +55,17 @@ def test_cp1252_and_utf16_are_decoded(tmp_path, seeds):
 
 
 def test_huge_file_refused(tmp_path, monkeypatch):
-    import imr_llm.load as load
+    from typer.testing import CliRunner
 
-    monkeypatch.setenv("IMR_MAX_BYTES", "1000")
+    from imr_llm.cli import app
+
     p = tmp_path / "huge.txt"
     p.write_text("x" * 2000)
     with pytest.raises(LetterError, match="too large"):
-        read_letter(p)
+        read_letter(p, max_bytes=1000)
+    monkeypatch.setenv("IMR_MAX_BYTES", "1000")  # the setting reaches the reader through the runner
+    res = CliRunner().invoke(app, ["extract", str(p), "--out", "o.jsonl"])
+    assert res.exit_code == 1 and "file too large (0.0 MB > 0 MB limit; set IMR_MAX_BYTES)" in res.output
 
 
 def test_pdf_text_layer_and_scanned_and_locked(tmp_path, seeds):

@@ -300,6 +300,76 @@ def _lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
+def bench_stats(corpus: list[Path], work: Path, n_items: int) -> dict:
+    """`imr stats` grouped queries and the page's queries (facet counts + a page of items) over a
+    record store of ``n_items`` disputed items: records of the corpus (layout parser) replicated
+    under new ids with shifted decision months until the store holds that many items."""
+    import statistics
+
+    from ..extract import analyse, assemble
+    from ..filters import Filters
+    from ..index import Store
+    from ..load import read_letter
+    from ..stats import compute
+
+    data = work / f"stats-{n_items}"
+    store_path = data / "index" / "store.sqlite"
+    t0 = time.monotonic()
+    if not store_path.exists():
+        base = []
+        for p in corpus[:2000]:
+            try:
+                letter = read_letter(p)
+                base.append(assemble(letter, analyse(letter)))
+            except Exception:
+                continue
+        tmp = data / "index" / "store.tmp.sqlite"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        st = Store(tmp)
+        items, k = 0, 0
+        while items < n_items:
+            rec = base[k % len(base)]
+            y, m = 2014 + (k // len(base)) % 10, 1 + (k // (len(base) * 10)) % 12
+            new = rec.model_copy(update={"letter_id": f"{rec.letter_id}-{k}", "sha256": f"{k:064x}",
+                                         "decision_date": f"{y}-{m:02d}-15"})
+            st.put_letter(new, [])
+            items += len(rec.items)
+            k += 1
+            if k % 5000 == 0:
+                st.commit()
+        st.set_meta("index_format", "2")
+        st.commit()
+        st.db.close()
+        tmp.rename(store_path)
+    build_s = round(time.monotonic() - t0, 1)
+    st = Store(store_path)
+    db = st.db
+    n = db.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    def timed(fn, reps=5) -> float:
+        fn()  # warm the page cache
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return round(statistics.median(ts) * 1000, 1)
+
+    out = {"items": n, "build_s": build_s, "db_mb": round(store_path.stat().st_size / 1e6, 1)}
+    for by in (["category"], ["decision_month"], ["drug_class", "decision_year"], ["body_region"]):
+        out[f"stats_by_{'_'.join(by)}_ms"] = timed(lambda: compute(db, by, Filters()))
+    out["stats_filtered_ms"] = timed(lambda: compute(db, ["category"], Filters.of(decision="Overturned", region="lumbar")))
+    from starlette.testclient import TestClient
+
+    from ..web import create_app
+
+    c = TestClient(create_app(data))
+    out["page_home_ms"] = timed(lambda: c.get("/"))
+    out["page_home_filtered_ms"] = timed(lambda: c.get("/?category=physical_therapy&decision=Upheld"))
+    return out
+
+
 def cmd_run(a) -> None:
     from .corpus import write_corpus
 
@@ -390,6 +460,14 @@ def cmd_run(a) -> None:
     elif "retrieval" in steps:  # time queries on the index an earlier run built in --work
         r = {**(earlier.get("index") or {}), **bench_retrieval(work / "index-data")}
         results["index"] = r
+    if "stats" in steps:
+        r = bench_stats(corpus, work, a.stats_items)
+        results["stats"] = r
+        table.append((f"stats: grouped query over {r['items']:,} items (by category / month / 2 fields / region)",
+                      f"{r['stats_by_category_ms']} / {r['stats_by_decision_month_ms']} / {r['stats_by_drug_class_decision_year_ms']} / "
+                      f"{r['stats_by_body_region_ms']} ms", "<= 1000 ms"))
+        table.append(("page: facets + a page of items (all / filtered)", f"{r['page_home_ms']} / {r['page_home_filtered_ms']} ms", "<= 200 ms"))
+        save()
     if "index" in steps or "retrieval" in steps:
         table.append((f"5 index {r['chunks']} chunks (wordllama)", f"{r.get('chunks_per_s')} chunks/s, {r.get('disk_mb')} MB", ""))
         table.append(("5 retrieval p50/p95 unfiltered", f"{r['unfiltered_p50_ms']}/{r['unfiltered_p95_ms']} ms", "p95 <= 50 ms"))
@@ -433,6 +511,7 @@ def main() -> None:
     r.add_argument("--out", default="bench.json")
     r.add_argument("--workers", type=int, default=2, help="processes for the full run and the second re-run")
     r.add_argument("--reuse", action="store_true", help="keep a finished first full run in --work and only re-run")
+    r.add_argument("--stats-items", type=int, default=1_000_000, help="items in the store for the stats/page step")
     nv = sub.add_parser("naive", help="accuracy and tokens of the naive one-call baseline vs imr extract")
     nv.add_argument("--model", required=True, help="PROVIDER:MODEL, e.g. llama-cpp:PATH.gguf")
     nv.add_argument("--suite", default=str(Path(__file__).resolve().parents[2] / "evals"))

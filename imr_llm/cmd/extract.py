@@ -165,6 +165,8 @@ def schema() -> None:
 def text(path: Path = typer.Argument(..., help="a letter")) -> None:
     """Print the letter text that evidence offsets refer to (PDF: its text layer)."""
     try:
-        sys.stdout.write(read_letter(path).text)
+        from ..config import env
+
+        sys.stdout.write(read_letter(path, max_bytes=env().max_bytes).text)
     except LetterError as e:
         die(str(e))

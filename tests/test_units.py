@@ -1,0 +1,174 @@
+"""Unit tests of the pure parts: lexicon, drugs, rules, chunking, fusion, cache, filters."""
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from imr_llm import drugs
+from imr_llm import lexicon as lx
+
+
+@pytest.mark.parametrize("text,cat", [
+    ("Wrist braces #2", "dme"), ("TENS unit", "dme"), ("Lumbar support", "dme"), ("Etodolac", "medication"),
+    ("Flector 1.3% transdermal patch", "medication"), ("Transportation to/from all medical appointments", "transportation"),
+    ("Medication management consultation", "consultation"), ("Infrared heat to the low back", "modality"),
+    ("Myofascial release to the low back", "modality"), ("Electrocardiogram times 3", "diagnostic"),
+    ("Pre-op Clearance", "consultation"), ("Spine surgery evaluation for the lumbar", "consultation"),
+    ("Arthroscopy of the left knee", "surgery"), ("Twelve acupuncture visits with Capsaicin patch", "acupuncture"),
+    ("Daily RN for 4 weeks", "home_health"), ("Gym membership", "program"), ("MRI of the lumbar spine", "imaging"),
+    ("Right L5-S1 epidural steroid injection", "injection"), ("Chiropractic physiotherapy 2 times a week", "chiropractic"),
+])
+def test_categories(text, cat):
+    assert lx.categorize(text)[0] == cat
+
+
+def test_category_from_the_guideline_section():
+    assert lx.category_from_guideline("Decision based on MTUS Chronic Pain 2016, Section(s): Opioids, criteria for use.")[0] == "medication"
+    assert lx.category_from_guideline("Section(s): Special Studies.")[0] == "imaging"
+    assert lx.category_from_guideline("no section named") is None
+
+
+@pytest.mark.parametrize("text,qty", [
+    ("Norco 10/325mg #60", 60), ("Eight (8) physical therapy sessions", 8), ("3 times a week for 2 weeks", 6),
+    ("two times a week times six weeks", 12), ("1 to 2 times per week for 4 weeks", 8), ("Physical therapy 2x6", 12),
+    ("Follow up office visit times 2", 2), ("two times four visits", 8), ("Daily RN for 4 weeks", 28),
+    ("MRI of the lumbar spine", None), ("Norco 5/325mg one tablet twice daily 14 days #40", 40),
+])
+def test_quantities(text, qty):
+    got = lx.quantity(text)
+    assert (got[0] if got else None) == qty
+    if got:  # the span holds the words that state it
+        assert got[1] < got[2] <= len(text)
+
+
+def test_regions_frequencies_dates():
+    assert [r for r, _, _ in lx.body_regions("EMG/NCV of the bilateral upper extremities")] == ["upper_extremity"]
+    assert [r for r, _, _ in lx.body_regions("MRI of the cervical and thoracic spine")] == ["cervical", "thoracic"]
+    assert lx.body_regions("1 knee scooter") == []
+    assert lx.frequency("two times a week times six weeks")[0] == "two times a week times six weeks"
+    assert lx.dates_in("on 02/30/2014 and 03/01/2014") == [("2014-03-01", 18, 28)]  # the impossible one is skipped
+
+
+@pytest.mark.parametrize("text,cls,dwc", [
+    ("Norco 10/325mg #60", "opioid", "Opioids"), ("Lidocaine 5% patch #1", "topical", "Topical Analgesics"),
+    ("Lidopro 4%-27.5% 121gm", "compounded", "Topical Compounds"), ("Famotidine 20mg", "ppi_gi", "H2 Blocker"),
+    ("Ketoprofen cream", "topical", "Topical Analgesics"), ("Flurbiprofen 20%/Lidocaine 5% cream", "compounded", "Topical Compounds"),
+    ("Butrans patch", "opioid", "Opioids"), ("Zofran 8mg", "other", "Antiemetic"), ("Ambien 10mg", "sleep_aid", "Sedative-hypnotics"),
+])
+def test_drug_classes(text, cls, dwc):
+    d = drugs.classify(text)
+    assert (d[1], d[2]) == (cls, dwc) and text[d[3]:d[4]] == d[0]
+
+
+def test_rule_facts_carry_spans_of_the_words_that_state_them():
+    from imr_llm.load import normalize
+    from imr_llm.rules import rule_facts
+    from imr_llm.segment import parse
+
+    from .conftest import SEEDS
+
+    t = normalize(SEEDS["000"].read_text()).text
+    facts = rule_facts(parse(t), t)
+    for f in facts:
+        if f.start is not None and f.field.endswith((".quantity", ".category", ".frequency")):
+            assert t[f.start:f.end].strip(), f
+    q = next(f for f in facts if f.field == "items[0].quantity")
+    assert q.value == 12 and t[q.start:q.end].lower().startswith("twelve")
+
+
+def test_chunk_split_respects_the_budget_and_offsets():
+    from imr_llm import tokens
+    from imr_llm.chunk import sentences, split
+
+    text = " ".join(f"Sentence number {i} says the request is not supported by the guideline." for i in range(40))
+    parts = split(text, 100, budget=60)
+    assert len(parts) > 1
+    for s, e in parts:
+        assert tokens.count(text[s - 100:e - 100]) <= 60 + 20
+    # consecutive chunks overlap by one sentence, and together they cover the text
+    assert parts[0][0] == 100 and parts[-1][1] == 100 + len(text)
+    assert all(b[0] < a[1] for a, b in zip(parts, parts[1:]))
+    assert sentences("One. Two three.  ") == [(0, 4), (5, 15)]
+
+
+def test_fusion_ranks_by_reciprocal_rank_and_keeps_one_passage_per_letter():
+    from imr_llm.retrieve import fuse
+
+    rows = {c: {"letter_id": c.split(":")[0]} for c in ("a:0", "a:1", "b:0", "c:0")}
+    hits = fuse({"dense": ["a:0", "b:0", "c:0"], "lexical": ["b:0", "a:1", "c:0"]}, rows, k=5)
+    # b: 1/62 + 1/61; c: 1/63 twice; a:0: 1/61 once; a:1 dropped (one passage per letter)
+    assert [h.id for h in hits] == ["b:0", "c:0", "a:0"]
+    assert hits[0].ranks == {"dense": 2, "lexical": 1}
+    assert [h.id for h in fuse({"dense": ["a:0", "a:1"]}, rows, k=5, per_letter=2)] == ["a:0", "a:1"]
+
+
+def test_cache_roundtrip_is_compressed_and_a_damaged_file_is_one_line(tmp_path):
+    from imr_llm.cache import Cache, key
+
+    c = Cache(tmp_path / "c.sqlite")
+    v = {"line": "x" * 5000, "meta": {"n": 1}}
+    c.put(key("a", "b"), "record", v)
+    assert c.get(key("a", "b")) == v and c.get(key("a", "c")) is None
+    c.close()
+    raw = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT v FROM kv").fetchone()[0]
+    assert isinstance(raw, bytes) and len(raw) < 200
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"not a database" * 100)
+    with pytest.raises(RuntimeError, match="cache database is damaged"):
+        Cache(bad)
+
+
+def test_filters_sql_row_check_and_facet_mask_agree(tmp_path):
+    """Negation, ranges, alternatives and unknown values give the same rows on the three paths."""
+    from imr_llm.filters import COLUMNS, Cond, Filters, write_facets
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(400):
+        rows.append({"decision": rng.choice(["Upheld", "Overturned"]), "category": rng.choice(["imaging", "medication", "physical_therapy"]),
+                     "drug_class": rng.choice(["", "opioid", "nsaid"]), "regions": rng.choice(["|", "|lumbar|", "|cervical|knee|"]),
+                     "partial": int(rng.integers(0, 2)), "quantity": None if i % 7 == 0 else int(rng.integers(1, 30)),
+                     "had_surgery": int(rng.integers(0, 2)), "had_fusion": 0, "license_states": rng.choice(["|California|", "|Texas|California|", "|Texas|"]),
+                     "licensed_outside_ca": 0, "n_states": int(rng.integers(1, 4)), "specialties": "|Family Practice|",
+                     "decision_date": rng.choice(["", "2016-12-30", "2017-01-15", "2017-02-28"]), "date_of_injury": "",
+                     "ur_denial_date": "", "age": int(rng.integers(20, 70)), "n_items": int(rng.integers(1, 8)), "letter_id": f"L{i}",
+                     "kind": "rationale", "dwc_category": "", "dwc_subcategory": "", "case_outcome": "", "dwc_specialties": "|"})
+    db = sqlite3.connect(":memory:")
+    db.execute(f"CREATE TABLE t ({', '.join(COLUMNS)})")
+    db.executemany(f"INSERT INTO t VALUES ({','.join('?' * len(COLUMNS))})", [[r[c] for c in COLUMNS] for r in rows])
+    write_facets(([r[c] for c in COLUMNS] for r in rows), tmp_path / "f.npz")
+    with np.load(tmp_path / "f.npz") as z:
+        facets = {k: z[k] for k in z.files}
+    cases = [
+        Filters([Cond("license_state", ("California",), negate=True)]),
+        Filters([Cond("category", ("medication",)), Cond("drug_class", ("opioid",), negate=True)]),
+        Filters([Cond("quantity", lo=13)]), Filters([Cond("quantity", lo=6, hi=12, negate=True)]),
+        Filters([Cond("region", ("cervical", "lumbar"))]), Filters([Cond("partial", negate=True), Cond("decision", ("Overturned",))]),
+        Filters([Cond("decision_date", lo="2017-01-01", hi="2017-01-31")]), Filters([Cond("claimant_age", hi=29)]),
+        Filters.of(decision="upheld", category="Physical_Therapy"),
+    ]
+    for f in cases:
+        where, args = f.sql()
+        sql = {r[0] for r in db.execute(f"SELECT letter_id FROM t WHERE {where}", args)}
+        py = {r["letter_id"] for r in rows if f.match(r)}
+        mask = {rows[i]["letter_id"] for i in np.flatnonzero(f.facet_mask(facets))}
+        assert sql == py == mask, f.describe()
+        assert sql, f.describe()
+    from imr_llm.filters import FilterError
+    with pytest.raises(FilterError, match="valid values"):
+        Filters.of(region="moon")
+
+
+def test_import_contracts():
+    """pyproject's import-linter contracts: the pure core imports no settings, provider, storage or CLI."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    res = subprocess.run([exe], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "2 kept, 0 broken" in res.stdout
