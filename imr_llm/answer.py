@@ -222,9 +222,9 @@ def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filter
 
 def stats_answer(index: Index, question: str, f: Filters, reading: Reading) -> AnswerResult:
     """A statistical question answered with the exact table of ``imr stats`` and cited letters per row."""
-    from .stats import compute
+    from .stats import compute, load_facets
 
-    res = compute(index.store.db, reading.group_by, f)
+    res = compute(index.store.db, reading.group_by, f, load_facets(index.dir))
     t = res["total"]
     lines = [reading.sentence()]
     if reading.unused:

@@ -278,11 +278,11 @@ def facet_value(fd: FieldDef, v: str) -> Any:
     return int(v) if fd.kind in ("bool", "int") else v
 
 
-def write_facets(rows: Iterable[tuple], path) -> None:
-    """Each filter column (rows in ``COLUMNS`` order, in chunk order) as int32 codes + distinct values."""
+def write_facets(rows: Iterable[tuple], path, columns: Iterable[str] = COLUMNS, extra: dict | None = None) -> None:
+    """Each column (rows in ``columns`` order) as int32 codes + its distinct values (``COL__vocab``)."""
     rows = list(rows)
-    out = {}
-    for k, col in enumerate(COLUMNS):
+    out = dict(extra or {})
+    for k, col in enumerate(columns):
         vocab, codes = np.unique(np.array(["" if r[k] is None else str(r[k]) for r in rows], dtype=str), return_inverse=True)
         out[col] = codes.astype(np.int32)
         out[f"{col}__vocab"] = vocab

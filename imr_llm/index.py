@@ -44,6 +44,7 @@ _CHUNK_BASE = {"id": "TEXT UNIQUE", "letter_id": "TEXT", "item": "INTEGER", "n":
                "start": "INTEGER", "end": "INTEGER", "digest": "TEXT", "cite_id": "TEXT", "source_path": "TEXT",
                "request": "TEXT", "guidelines": "TEXT", "denial_reasons": "TEXT"}
 ITEM_COLUMNS = {**_ITEM_BASE, **{c: t for c, t in COLUMNS.items() if c not in _ITEM_BASE}}
+ITEM_FACETS = [c for c in ITEM_COLUMNS if c not in ("request", "drug")]  # what stats and the page group and filter by
 CHUNK_COLUMNS = {**_CHUNK_BASE, **{c: t for c, t in COLUMNS.items() if c not in _CHUNK_BASE}}
 
 
@@ -120,6 +121,15 @@ class Store:
         if taken and taken[1] != rec.sha256 and taken[0] != rec.source_path:
             return rec.model_copy(update={"letter_id": f"{rec.letter_id}~{rec.sha256[:8]}"})
         return rec
+
+    def write_item_facets(self, path: Path) -> None:
+        """The items table as columns of codes (``items.npz``): filters, counts and rates over a
+        million items in milliseconds (``stats``, the page), where a SQL scan takes seconds."""
+        cols = list(ITEM_FACETS)
+        rows = self.db.execute(f"SELECT {', '.join(f'[{c}]' for c in cols)}, rowid FROM items "
+                               f"ORDER BY decision_date DESC, letter_id, item").fetchall()
+        order = np.array([r[-1] for r in rows], dtype=np.int64)  # rowids, newest decision first (the page's order)
+        write_facets((r[:-1] for r in rows), path, cols, {"rowid": order})
 
     def set_vectors(self, ids: list[str], vecs) -> None:
         self.db.executemany("UPDATE chunks SET vec=? WHERE id=?", [(v.astype("float32").tobytes(), i) for i, v in zip(ids, vecs)])
@@ -336,6 +346,7 @@ class Index:
         (tmp / "ids.json").write_text(json.dumps(ids))
         cols = ", ".join(f'"{c}"' for c in COLUMNS)
         write_facets(self.store.db.execute(f"SELECT {cols} FROM chunks ORDER BY rowid"), tmp / "facets.npz")
+        self.store.write_item_facets(tmp / "items.npz")
         old = self.dir / f"bm25.old-{os.getpid()}"
         if final.exists():
             final.rename(old)

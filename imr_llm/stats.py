@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from .filters import Filters
@@ -76,16 +78,19 @@ class Cell:
         return d
 
 
-def compute(db, by: list[str], f: Filters | None = None) -> dict:
-    """Totals and groups. ``db``: the index store's connection."""
+def compute(db, by: list[str], f: Filters | None = None, facets: dict | None = None) -> dict:
+    """Totals and groups. ``db``: the index store's connection; ``facets``: its ``items.npz``
+    columns, when present (then the work is NumPy over codes: ~100x faster at a million items)."""
     for b in by:
         if b not in GROUPS:
             raise ValueError(f"--by {b!r}: use one of {', '.join(GROUPS)}")
     f = (f or Filters()).without("kind")
+    if facets is not None and sum(GROUPS[b][1] for b in by) <= 1:
+        return _compute_columns(facets, by, f)
     where, args = f.sql()
     exprs = [GROUPS[b][0] for b in by]
     cols = ", ".join(["letter_id", "cite_id", "item", "decision"] + exprs)
-    rows = db.execute(f"SELECT {cols} FROM items WHERE {where} ORDER BY letter_id, item", args).fetchall()
+    rows = db.execute(f"SELECT {cols} FROM items WHERE {where} ORDER BY decision_date DESC, letter_id, item", args).fetchall()
     total = Cell()
     groups: dict[tuple, Cell] = {}
     for r in rows:
@@ -104,3 +109,143 @@ def compute(db, by: list[str], f: Filters | None = None) -> dict:
     return {"filters": f.to_dict(), "by": by, "total": total.to_dict(), "groups": out_groups,
             "note": (f"an item with several values of {', '.join(listy)} counts in each of them, so groups add up to more "
                      f"than the total" if listy else "groups add up to the total")}
+
+
+# --- the same over the columnar mirror ---------------------------------------------------------------
+
+_DERIVED = {"decision_year": ("decision_date", lambda v: v[:4] or None), "decision_month": ("decision_date", lambda v: v[:7] or None),
+            "partial_authorization": ("partial", lambda v: "yes" if v not in ("", "0") else "no"),
+            "after_surgery": ("had_surgery", lambda v: "yes" if v not in ("", "0") else "no"),
+            "fusion": ("had_fusion", lambda v: "yes" if v not in ("", "0") else "no")}
+_COLUMN = {"category": "category", "drug_class": "drug_class", "dwc_category": "dwc_category", "dwc_subcategory": "dwc_subcategory",
+           "decision": "decision", "case_outcome": "case_outcome", "body_region": "regions", "reviewer_specialty": "specialties",
+           "dwc_specialty": "dwc_specialties", "license_state": "license_states", "guideline_source": "guidelines",
+           "denial_reason": "denial_reasons"}
+
+
+def _field_codes(fz: dict, name: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """(row positions, value codes, value names) of one grouping field over the selected rows;
+    a list-valued field gives one pair per value of each row."""
+    col, fn = _DERIVED.get(name, (_COLUMN.get(name), None))
+    vocab = [str(v) for v in fz[f"{col}__vocab"]]
+    codes = fz[col][rows]
+    if not GROUPS[name][1]:
+        mapped = [fn(v) if fn else (v or None) for v in vocab]
+        names = sorted({m for m in mapped if m is not None}, key=str) + ([None] if None in mapped else [])
+        pos = {n: i for i, n in enumerate(names)}
+        lut = np.array([pos[m] for m in mapped], dtype=np.int64)
+        return np.arange(len(rows)), lut[codes], names
+    parts = [[x for x in v.strip("|").split("|") if x] for v in vocab]
+    names = sorted({x for p in parts for x in p}) + ([None] if any(not p for p in parts) else [])
+    rs, vs = [], []
+    for i, n in enumerate(names):
+        has = np.array([(n in p) if n is not None else not p for p in parts], dtype=bool)
+        r = np.flatnonzero(has[codes])
+        rs.append(r)
+        vs.append(np.full(len(r), i, dtype=np.int64))
+    return np.concatenate(rs) if rs else np.zeros(0, np.int64), np.concatenate(vs) if vs else np.zeros(0, np.int64), names
+
+
+def _compute_columns(fz: dict, by: list[str], f: Filters) -> dict:
+    sel = np.flatnonzero(f.facet_mask(fz))  # positions in page order (newest first)
+    dvocab = [str(v) for v in fz["decision__vocab"]]
+    dec = fz["decision"][sel]
+    lid, cite, item = fz["letter_id"][sel], fz["cite_id"][sel], fz["item"][sel]
+    lvocab, cvocab, ivocab = fz["letter_id__vocab"], fz["cite_id__vocab"], fz["item__vocab"]
+
+    def cells(rows: np.ndarray, gcode: np.ndarray, n_groups: int) -> list[dict]:
+        out = []
+        items = np.bincount(gcode, minlength=n_groups)
+        per_dec = {d: np.bincount(gcode[dec[rows] == i], minlength=n_groups) for i, d in enumerate(dvocab)}
+        nl = len(lvocab)
+        pair = gcode * nl + lid[rows]
+        uniq, first = np.unique(pair, return_index=True)
+        letters = np.bincount(uniq // nl, minlength=n_groups)
+        order = np.lexsort((first, uniq // nl))  # by group, then first appearance (newest first)
+        ex: dict[int, list] = {}
+        for k in order:
+            g = int(uniq[k] // nl)
+            if len(ex.setdefault(g, [])) < 3:
+                r = rows[first[k]]
+                ex[g].append((str(lvocab[lid[r]]), str(cvocab[cite[r]]), int(ivocab[item[r]])))
+        for g in range(n_groups):
+            c = Cell()
+            c.items = int(items[g])
+            c.letters = set(range(int(letters[g])))
+            for d, arr in per_dec.items():
+                if arr[g]:
+                    c.outcomes[d or "unknown"] += int(arr[g])
+            c.examples = ex.get(g, [])
+            out.append(c.to_dict())
+        return out
+
+    total = cells(np.arange(len(sel)), np.zeros(len(sel), dtype=np.int64), 1)[0]
+    groups: list[dict] = [] if by or not len(sel) else [{"key": {}, **total}]
+    if by:
+        rows, key, names_list = None, None, []
+        for name in sorted(by, key=lambda b: not GROUPS[b][1]):  # the list-valued field (at most one) first
+            if rows is None:
+                rows, codes, names = _field_codes(fz, name, sel)  # rows: positions within the selection
+                rows = rows.astype(np.int64)
+                key = codes
+            else:
+                _, codes, names = _field_codes(fz, name, sel[rows])
+                key = key * len(names) + codes
+            names_list.append((name, names))
+        sizes = [len(n) for _, n in names_list]
+        n_groups = int(np.prod(sizes)) if sizes else 1
+        used = np.unique(key)
+        remap = np.full(n_groups, -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        got = cells(rows, remap[key], len(used))
+        for code, cell in zip(used, got):
+            parts, c = {}, int(code)
+            for name, names in reversed(names_list):
+                parts[name] = names[c % len(names)]
+                c //= len(names)
+            groups.append({"key": {b: parts[b] for b in by}, **cell})
+        groups.sort(key=lambda g: (-g["items"], str(g["key"])))
+    listy = [b for b in by if GROUPS[b][1]]
+    return {"filters": f.to_dict(), "by": by, "total": total, "groups": groups,
+            "note": (f"an item with several values of {', '.join(listy)} counts in each of them, so groups add up to more "
+                     f"than the total" if listy else "groups add up to the total")}
+
+
+def load_facets(index_dir) -> dict | None:
+    """``items.npz`` of an index folder, or None (then ``compute`` counts in SQL)."""
+    from pathlib import Path
+
+    p = Path(index_dir) / "bm25" / "items.npz"
+    if not p.exists():
+        return None
+    with np.load(p) as z:
+        return {k: z[k] for k in z.files}
+
+
+def facet_counts(fz: dict, f: Filters, columns: dict[str, tuple[str, str | None]]) -> tuple[int, int, dict[str, dict[str, int]]]:
+    """(items, letters, {facet: {value: items}}) of the selection, for the page. ``columns``: facet ->
+    (items column, derive) where derive is "year" (first four characters), "yesno" or None."""
+    mask = f.facet_mask(fz)
+    sel = np.flatnonzero(mask)
+    letters = int(np.unique(fz["letter_id"][sel]).size)
+    out: dict[str, dict[str, int]] = {}
+    for name, (col, derive) in columns.items():
+        vocab = [str(v) for v in fz[f"{col}__vocab"]]
+        n = np.bincount(fz[col][sel], minlength=len(vocab))
+        counts: dict[str, int] = {}
+        for v, k in zip(vocab, n):
+            if not k:
+                continue
+            vals = ([v[:4]] if derive == "year" else ["yes" if v not in ("", "0") else "no"] if derive == "yesno"
+                    else [x for x in v.strip("|").split("|") if x] if v.startswith("|") else [v])
+            for x in vals:
+                if x:
+                    counts[x] = counts.get(x, 0) + int(k)
+        out[name] = counts
+    return len(sel), letters, out
+
+
+def page_rowids(fz: dict, f: Filters, offset: int, limit: int) -> list[int]:
+    """Rowids of the selection's items ``offset:offset+limit`` in the page's order (newest first)."""
+    sel = np.flatnonzero(f.facet_mask(fz))[offset:offset + limit]
+    return [int(x) for x in fz["rowid"][sel]]

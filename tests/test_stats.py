@@ -88,3 +88,22 @@ def test_statistical_questions_answer_with_the_exact_table_and_cited_letters(rea
         assert g["items"] == len(want), reg
         assert g["cited"] and all(c.startswith("[CM1") for c in g["cited"])
     assert "95% CI" in a["answer"]
+
+
+def test_columnar_path_equals_sql_path(real_index):
+    """The items.npz path (used at scale) gives exactly what the SQL path gives, examples included."""
+    from imr_llm.filters import Filters
+    from imr_llm.index import Index
+    from imr_llm.stats import compute, facet_counts, load_facets
+
+    idx = Index(real_index, embedder=None)
+    fz = load_facets(idx.dir)
+    assert fz is not None
+    for by in ([], ["category"], ["decision_month"], ["drug_class", "decision_year"], ["body_region"],
+               ["guideline_source", "category"], ["dwc_specialty"], ["case_outcome", "partial_authorization"]):
+        for f in (Filters(), Filters.of(decision="Overturned"), Filters.of(region="lumbar", category="imaging"),
+                  Filters.of(drug_class="opioid", decision="Overturned")):
+            assert compute(idx.store.db, by, f) == compute(idx.store.db, by, f, fz), (by, f.describe())
+    n, letters, counts = facet_counts(fz, Filters.of(category="imaging"), {"decision": ("decision", None), "region": ("regions", None)})
+    sql = dict(idx.store.db.execute("SELECT decision, count(*) FROM items WHERE category='imaging' GROUP BY 1").fetchall())
+    assert counts["decision"] == sql and n == sum(sql.values())

@@ -28,7 +28,7 @@ def stats(
     from ..filters import FilterError, Filters
     from ..index import Index, IndexError_
     from ..question import read
-    from ..stats import compute
+    from ..stats import compute, load_facets
 
     s = get_settings(None)
     try:
@@ -44,7 +44,7 @@ def stats(
                     die(f"--filter {part!r}: use key=value")
                 k, v = (x.strip() for x in part.split("=", 1))
                 f = f.merged(Filters.of(**{k: v}))
-        res = compute(idx.store.db, by, f)
+        res = compute(idx.store.db, by, f, load_facets(idx.dir))
     except (IndexError_, FilterError, ValueError) as e:
         die(str(e))
     if unused:
