@@ -161,13 +161,16 @@ def _compute_columns(fz: dict, by: list[str], f: Filters) -> dict:
         pair = gcode * nl + lid[rows]
         uniq, first = np.unique(pair, return_index=True)
         letters = np.bincount(uniq // nl, minlength=n_groups)
-        order = np.lexsort((first, uniq // nl))  # by group, then first appearance (newest first)
+        grp = uniq // nl
+        order = np.lexsort((first, grp))  # by group, then first appearance (newest first)
+        starts = np.searchsorted(grp[order], np.arange(n_groups))
         ex: dict[int, list] = {}
-        for k in order:
-            g = int(uniq[k] // nl)
-            if len(ex.setdefault(g, [])) < 3:
+        for g in range(n_groups):  # the first three letters of each group
+            for k in order[starts[g]:starts[g] + 3]:
+                if grp[k] != g:
+                    break
                 r = rows[first[k]]
-                ex[g].append((str(lvocab[lid[r]]), str(cvocab[cite[r]]), int(ivocab[item[r]])))
+                ex.setdefault(g, []).append((str(lvocab[lid[r]]), str(cvocab[cite[r]]), int(ivocab[item[r]])))
         for g in range(n_groups):
             c = Cell()
             c.items = int(items[g])
@@ -226,12 +229,16 @@ def facet_counts(fz: dict, f: Filters, columns: dict[str, tuple[str, str | None]
     """(items, letters, {facet: {value: items}}) of the selection, for the page. ``columns``: facet ->
     (items column, derive) where derive is "year" (first four characters), "yesno" or None."""
     mask = f.facet_mask(fz)
-    sel = np.flatnonzero(mask)
-    letters = int(np.unique(fz["letter_id"][sel]).size)
+    everything = bool(mask.all())  # the unfiltered page: no copy of a million codes per facet
+
+    def codes(col: str) -> np.ndarray:
+        return fz[col] if everything else fz[col][mask]
+
+    letters = int(np.count_nonzero(np.bincount(codes("letter_id"), minlength=len(fz["letter_id__vocab"]))))
     out: dict[str, dict[str, int]] = {}
     for name, (col, derive) in columns.items():
         vocab = [str(v) for v in fz[f"{col}__vocab"]]
-        n = np.bincount(fz[col][sel], minlength=len(vocab))
+        n = np.bincount(codes(col), minlength=len(vocab))
         counts: dict[str, int] = {}
         for v, k in zip(vocab, n):
             if not k:
@@ -242,7 +249,7 @@ def facet_counts(fz: dict, f: Filters, columns: dict[str, tuple[str, str | None]
                 if x:
                     counts[x] = counts.get(x, 0) + int(k)
         out[name] = counts
-    return len(sel), letters, out
+    return int(np.count_nonzero(mask)), letters, out
 
 
 def page_rowids(fz: dict, f: Filters, offset: int, limit: int) -> list[int]:
