@@ -213,6 +213,8 @@ class Index:
                 raise IndexError_(f"the index in {self.dir} is being built (imr pid {holder}); ask again when it finishes")
             if not (self.dir / "store.sqlite").is_file():
                 raise IndexError_(f"no index in {self.dir}: run `imr index RECORDS.jsonl` or `imr ingest LETTERS` first")
+            raise IndexError_(f"no complete index in {self.dir} (an earlier `imr index` did not finish, or its lexical "
+                              f"index was deleted): run `imr index --rebuild RECORDS`")
         self.store = Store(self.dir / "store.sqlite")
         self.spec = embedder or self.store.get_meta("embedder_spec") or emb.spec_from_env()
         want = emb.identity(self.spec)
@@ -282,7 +284,11 @@ class Index:
         def flush() -> None:
             if not pending:
                 return
-            vecs = self.embedder([c.embed_text for c in pending])
+            try:
+                vecs = self.embedder([c.embed_text for c in pending])
+            except Exception as e:  # a remote embedder without network, a refused key...: one line, nothing half-written
+                raise IndexError_(f"the embedder {self.spec} failed ({type(e).__name__}: {str(e)[:120]}); nothing of this "
+                                  f"batch was written; fix it (or use the offline default, IMR_EMBEDDER=wordllama) and re-run") from None
             self.store.set_vectors([c.id for c in pending], vecs)
             # Filter fields and texts live in the SQLite store; Chroma gets a small metadata set
             # (measured: full metadata + documents upsert at ~530 chunks/s, this at ~1,800/s).

@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import env
 from .filters import Filters
-from .index import Index
+from .index import Index, IndexError_
 
 RRF_K = 60
 SMALL_SET = 4000
@@ -45,14 +45,22 @@ class Retriever:
             import Stemmer
 
             d = self.index.dir / "bm25"
-            self._ids = json.loads((d / "ids.json").read_text()) if (d / "ids.json").exists() else []
-            self._pos = {cid: i for i, cid in enumerate(self._ids)}
-            self._stemmer = Stemmer.Stemmer("english")
-            self._bm = bm25s.BM25.load(str(d), mmap=True, show_progress=False) if self._ids else False
-            e = env()
-            use_mirror = (e.dense != "chroma" and not e.chroma_url
-                          and (d / "dense.npy").exists())
-            self._dense = np.load(d / "dense.npy", mmap_mode="r") if use_mirror else None
+            try:
+                self._ids = json.loads((d / "ids.json").read_text()) if (d / "ids.json").exists() else []
+                self._pos = {cid: i for i, cid in enumerate(self._ids)}
+                self._stemmer = Stemmer.Stemmer("english")
+                self._bm = bm25s.BM25.load(str(d), mmap=True, show_progress=False) if self._ids else False
+                e = env()
+                use_mirror = e.dense != "chroma" and not e.chroma_url and (d / "dense.npy").exists()
+                self._dense = np.load(d / "dense.npy", mmap_mode="r") if use_mirror else None
+                if self._bm and self._bm.scores["num_docs"] != len(self._ids) or (
+                        self._dense is not None and self._dense.shape[0] != len(self._ids)):
+                    raise ValueError("its files do not agree on the number of passages")
+            except IndexError_:
+                raise
+            except Exception as e:  # a deleted or truncated file of the lexical index or mirror
+                raise IndexError_(f"the lexical index in {d} is damaged ({type(e).__name__}: {str(e)[:100]}); "
+                                  f"run `imr index --rebuild RECORDS`") from None
         return self._bm
 
     def facets(self) -> dict | None:
@@ -60,8 +68,11 @@ class Retriever:
         self._lexical()
         path = self.index.dir / "bm25" / "facets.npz"
         if self._facets is None and self._dense is not None and path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                self._facets = {k: z[k] for k in z.files}
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    self._facets = {k: z[k] for k in z.files}
+            except Exception as e:
+                raise IndexError_(f"{path} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
         return self._facets
 
     def lexical(self, query: str, n: int, mask: np.ndarray | None = None) -> list[str]:
@@ -87,11 +98,19 @@ class Retriever:
             top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
             top = top[np.argsort(-scores[top])]
             return [self._ids[i] for i in top if np.isfinite(scores[i])]
-        col = self.index.collection
-        total = col.count()
-        if not total:
-            return []
-        res = col.query(query_embeddings=qv.tolist(), n_results=min(n, total), include=[])
+        try:
+            col = self.index.collection
+            total = col.count()
+            if not total and self._ids:  # the store has passages, Chroma has none: never answer from BM25 alone silently
+                raise ValueError(f"Chroma holds no vectors for the {len(self._ids)} indexed passages")
+            if not total:
+                return []
+            res = col.query(query_embeddings=qv.tolist(), n_results=min(n, total), include=[])
+        except IndexError_:
+            raise
+        except Exception as e:
+            raise IndexError_(f"the Chroma index of {self.index.dir} cannot be searched ({type(e).__name__}: {str(e)[:120]}); "
+                              f"run `imr index --rebuild RECORDS` (or unset IMR_DENSE=chroma to use the mirror)") from None
         return res["ids"][0]
 
     def dense_among(self, qv: np.ndarray, ids: list[str], n: int) -> list[str]:

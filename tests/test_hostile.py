@@ -223,3 +223,52 @@ def test_a_server_that_never_answers_fails_the_letter_at_its_deadline(fake_serve
     monkeypatch.setenv("IMR_MAX_RETRIES", "0")
     res = runner.invoke(app, ["ask", "why was therapy denied?", "--model", "compatible:fake"])
     assert res.exit_code == 2 and "the model could not answer" in res.output and "Traceback" not in res.output
+
+
+def test_damaged_lexical_index_chroma_and_embedder_failures_are_one_line(letter, monkeypatch):
+    assert runner.invoke(app, ["ingest", str(letter)]).exit_code == 0
+    data = Path(os.environ["IMR_DATA_DIR"])
+    bm = data / "index" / "bm25"
+    files = sorted(p.name for p in bm.iterdir())
+    assert len(files) >= 8
+    backup = {n: (bm / n).read_bytes() for n in files}
+    for name in files:
+        for damage in ("delete", "truncate"):
+            if damage == "delete":
+                (bm / name).unlink()
+            else:
+                (bm / name).write_bytes(backup[name][: len(backup[name]) // 3])
+            q = "What share of requests were overturned?" if name == "items.npz" else "why was therapy denied?"  # who reads it
+            res = runner.invoke(app, ["ask", q])
+            if name in ("facets.npz", "items.npz", "dense.npy") and damage == "delete":
+                # accelerators: without them the same answer comes from the store and Chroma
+                assert res.exit_code == 0 and "Traceback" not in res.output, (name, res.output)
+            else:
+                assert res.exit_code == 2 and "Traceback" not in res.output and "rebuild" in res.output, (name, damage, res.output)
+            (bm / name).write_bytes(backup[name])
+    # IMR_DENSE=chroma with Chroma's database gone: an error, never BM25 alone in silence
+    from imr_llm.index import _forget_chroma
+
+    _forget_chroma()  # as a new process would: nothing of the deleted database cached in memory
+    (data / "index" / "chroma" / "chroma.sqlite3").unlink()
+    monkeypatch.setenv("IMR_DENSE", "chroma")
+    res = runner.invoke(app, ["ask", "why was therapy denied?"])
+    assert res.exit_code == 2 and "Chroma" in res.output and "Traceback" not in res.output
+    monkeypatch.delenv("IMR_DENSE")
+    # a model that cannot start in ask
+    Path("bogus.gguf").write_bytes(b"not a model")
+    res = runner.invoke(app, ["ask", "why was therapy denied?", "--model", "llama-cpp:bogus.gguf"])
+    assert res.exit_code == 2 and "cannot start model" in res.output and "Traceback" not in res.output
+
+
+def test_embedder_without_network_during_index_then_ask_says_no_index(letter, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMR_DATA_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setenv("IMR_EMBEDDER", "compatible:emb")
+    monkeypatch.setenv("IMR_EMBED_BASE_URL", "http://127.0.0.1:9/v1")  # loopback, nothing listens
+    monkeypatch.setenv("IMR_MAX_RETRIES", "0")
+    runner.invoke(app, ["extract", str(letter), "--out", "r.jsonl"])
+    res = runner.invoke(app, ["index", "r.jsonl"])
+    assert res.exit_code == 2 and "the embedder compatible:emb failed" in res.output and "Traceback" not in res.output
+    monkeypatch.delenv("IMR_EMBEDDER")
+    res = runner.invoke(app, ["ask", "why was therapy denied?"])
+    assert res.exit_code == 2 and "no complete index" in res.output

@@ -57,7 +57,10 @@ def ask(
     if s.provider != "none":
         from ..llm import Provider
 
-        provider = Provider(s)
+        try:
+            provider = Provider(s)
+        except Exception as e:  # llama-cpp-python not installed, a model file that will not load...
+            die(f"cannot start model {s.label}: {type(e).__name__}: {str(e)[:160]}")
 
     def one(q: str) -> None:
         try:
