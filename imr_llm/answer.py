@@ -17,6 +17,7 @@ from typing import Optional
 from pydantic import BaseModel, Field
 
 from .chunk import sentences
+from .lexicon import sentence_role
 from .ground import locate
 from .filters import Filters
 from .index import Index
@@ -118,8 +119,15 @@ def _original(index: Index, row: dict) -> tuple[str, int] | None:
     return ev["quote"][s:s + (row["end"] - row["start"])], row["start"]
 
 
+# The sentences that carry a decision are the reviewer's reasons for this case and the conclusion on
+# this request; a sentence describing what a guideline says in general matches a question's words
+# as well but explains nothing about why this request went the way it did.
+ROLE_BONUS = {"case": 2.0, "conclusion": 1.5, "other": 0.0, "guideline": -2.0}
+
+
 def best_sentences(index: Index, question: str, row: dict, n: int = 2) -> list[tuple[int, int, str]]:
-    """(start, end, quote) in letter offsets of the sentences of a chunk that best match the question."""
+    """(start, end, quote) in letter offsets of the sentences of a chunk that best explain its
+    decision and match the question."""
     orig = _original(index, row)
     if orig is None:
         return []
@@ -130,7 +138,7 @@ def best_sentences(index: Index, question: str, row: dict, n: int = 2) -> list[t
         sent = text[s:e]
         overlap = len(q & _terms(sent))
         reason_bonus = 0.5 if re.search(r"\bno\b|\bnot\b|without|unclear|however", sent, re.IGNORECASE) else 0
-        scored.append((overlap + reason_bonus, -i, s, e, sent))
+        scored.append((overlap + reason_bonus + ROLE_BONUS[sentence_role(sent)], -i, s, e, sent))
     scored.sort(reverse=True)
     picked = sorted(scored[:n], key=lambda x: x[2])
     return [(base + s, base + e, sent) for _, _, s, e, sent in picked]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from .cmd import ask, config, evaluate, extract, index, model, serve, stats
+from .cmd import ask, config, evaluate, extract, index, model, precedent, serve, stats
 
 app = typer.Typer(name="imr", help="Source-grounded records, search and answers over IMR determination letters.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -16,6 +16,7 @@ app.command("ingest")(index.ingest)
 app.command("ask")(ask.ask)
 app.command("stats")(stats.stats)
 app.command("serve")(serve.serve)
+app.command("precedent")(precedent.precedent)
 app.command("config")(config.config)
 app.add_typer(evaluate.app, name="eval", help="Run eval suites against labeled letters.")
 app.add_typer(model.app, name="model", help="Install and check the bundled local test model.")

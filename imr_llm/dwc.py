@@ -37,6 +37,7 @@ CATEGORY_MAP: dict[str, tuple[str, str | None, list[tuple[str, str | tuple[str, 
         (r"fusion|laminectom|laminotom|discectom|foraminotom|spinal|spine|lumbar|cervical|thoracic|\bACDF\b|kyphoplast|vertebr|"
          r"\b[CLT]\d", "Spine")]),
     "consultation": ("Evaluation & Management", "Medical Specialties", [
+        (r"pre-?\s?op\w*\s+(?:medical\s+)?clearance|medical\s+clearance", ("Surgery", "Adjunct Surgical Services")),
         (r"surg\w*\s+(?:\w+\s+){0,2}?(?:consult|evaluation|eval\b|referral)|(?:consult|evaluation|referral)\s+(?:with|to)\s+(?:an?\s+)?(?:\w+\s+){0,3}?surgeon",
          ("Surgery", "Surgical Consult")),
         (r"dent(?:al|ist)", "Dental Services")]),

@@ -264,6 +264,11 @@ def run_qa(suite: Path, s, k: int = 6) -> dict:
             blob = (res.answer + " " + " ".join(c.quote for c in res.citations)).lower()
             blob = re.sub(r"\s+", " ", blob)
             row["fact_coverage"] = round(sum(1 for f in facts if f.lower() in blob) / len(facts), 4)
+        if res.mode == "why" and res.citations:  # do quotes carry the decision (this case's reasons) or restate a guideline?
+            from .lexicon import sentence_role
+
+            roles = [sentence_role(c.quote) for c in res.citations]
+            row["decisive_share"] = round(sum(r in ("case", "conclusion") for r in roles) / len(roles), 4)
         row["removed_citations"] = res.removed
         rows.append(row)
 
@@ -275,7 +280,7 @@ def run_qa(suite: Path, s, k: int = 6) -> dict:
     return {
         "kind": "qa", "suite": str(suite), "model": s.label, "questions": len(rows), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "citation_recall": mean("citation_recall"), "citation_precision": mean("citation_precision"),
-        "fact_coverage": mean("fact_coverage"),
+        "fact_coverage": mean("fact_coverage"), "decisive_share": mean("decisive_share"),
         "count_exact_match": round(sum(r["count_exact"] for r in rows if "count_exact" in r) / max(1, sum("count_exact" in r for r in rows)), 4),
         "must_not_cite_violations": sum(len(r["must_not_cite_violations"]) for r in rows),
         "rows": rows,

@@ -438,6 +438,30 @@ _GENERIC_REASON = "insufficient_documentation"
 _CASE_SUBJECT = re.compile(r"\bin\s+this\s+case\b|\bthe\s+(?:patient|applicant|injured\s+worker|employee)\b", re.IGNORECASE)
 
 
+_CONCLUSION_SENT = re.compile(
+    r"^\s*(?:therefore|thus|as\s+such|accordingly|consequently|hence|in\s+summary|based\s+on\s+the\s+(?:above|records?|documentation))\b"
+    r"|\b(?:the|this)\s+(?:request|requested\s+\w+)\b[^.]{0,160}?\b(?:is|was|are|were)\s+(?:not\s+)?"
+    r"(?:medically\s+necessary|supported|warranted|indicated|appropriate|reasonable|recommended)", re.IGNORECASE)
+_CASE_SENT = re.compile(
+    r"\bin\s+this\s+(?:case|instance|patient)\b|\bthe\s+(?:patient|injured\s+worker|applicant|claimant|employee|provider|"
+    r"treating\s+(?:physician|provider))\b|\b(?:the\s+)?(?:submitted|provided|available|reviewed)\s+(?:medical\s+)?"
+    r"(?:records?|documentation|notes?)\b|\bthere\s+(?:is|was|were)\s+no\s+(?:\w+\s+){0,3}?(?:documentation|evidence|"
+    r"indication|mention|record)|\b(?:he|she)\s+(?:has|had|was|is|reported|complained)", re.IGNORECASE)
+
+
+def sentence_role(sentence: str) -> str:
+    """What a rationale sentence does: "case" (facts and reasons of this case), "conclusion" (the
+    decision on this request), "guideline" (what a guideline says in general) or "other"."""
+    case = bool(_CASE_SENT.search(sentence))
+    if _CONCLUSION_SENT.search(sentence):
+        return "conclusion"
+    if case:
+        return "case"
+    if _GUIDE_SUBJECT.search(sentence) or re.search(r"\b(?:guidelines?|MTUS|ODG|ACOEM)\b", sentence):
+        return "guideline"
+    return "other"
+
+
 def reasons(rationale: str, decision: str | None) -> list[tuple[str, int, int]]:
     """Normalised denial reasons of a rationale, first evidence of each code.
 

@@ -107,3 +107,28 @@ def test_columnar_path_equals_sql_path(real_index):
     n, letters, counts = facet_counts(fz, Filters.of(category="imaging"), {"decision": ("decision", None), "region": ("regions", None)})
     sql = dict(idx.store.db.execute("SELECT decision, count(*) FROM items WHERE category='imaging' GROUP BY 1").fetchall())
     assert counts["decision"] == sql and n == sum(sql.values())
+
+
+def test_precedent_counts_match_the_gold_and_quotes_stand_at_their_offsets(real_index, monkeypatch):
+    from imr_llm.load import read_letter
+
+    monkeypatch.setenv("IMR_DATA_DIR", str(real_index))
+    res = runner.invoke(app, ["precedent", "Physical therapy 3 times a week for 4 weeks for the lumbar spine", "--json"])
+    assert res.exit_code == 0, res.output
+    p = json.loads(res.output)
+    assert p["request"]["category"] == "physical_therapy" and p["request"]["quantity"] == 12
+    gold = [it for _, it in _gold_items()]
+    want = [it for it in gold if it["category"] == "physical_therapy" and "lumbar" in it["body_regions"]]
+    if len(want) < 10:  # relaxed to the category, and said so
+        assert p["relaxed"] and p["matched_on"] == "whose category is physical_therapy"
+        want = [it for it in gold if it["category"] == "physical_therapy"]
+    assert p["matches"] == len(want) and p["overturned"] == sum(1 for it in want if it["decision"] == "Overturned")
+    assert p["precedents"]
+    for x in p["precedents"]:
+        assert read_letter(x["source_path"]).text[x["start"]:x["end"]] == x["quote"] and x["quote"]
+        assert x["category"] == "physical_therapy"
+    res = runner.invoke(app, ["precedent", "Norco 10/325mg #60", "--json"])
+    p = json.loads(res.output)
+    assert p["request"]["drug_class"] == "opioid" and len(p["relaxed"]) == 1
+    # 5 opioid items in these letters: the match was widened to medications, and the answer says so
+    assert p["relaxed"][0]["filters"].endswith("whose drug class is opioid") and p["relaxed"][0]["items"] == 5
