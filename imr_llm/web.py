@@ -33,12 +33,14 @@ PAGE = 50
 # facet -> (items column, how its values are derived) for the columnar path (items.npz)
 FACET_COLUMNS = {"decision": ("decision", None), "category": ("category", None), "drug_class": ("drug_class", None),
                  "region": ("regions", None), "partial": ("partial", "yesno"), "specialty": ("dwc_specialties", None),
-                 "license_state": ("license_states", None), "year": ("decision_date", "year")}
+                 "license_state": ("license_states", None), "year": ("decision_date", "year"),
+                 "dwc_category": ("dwc_category", None), "case_outcome": ("case_outcome", None)}
 # facet -> (filter field, items column expression)
 FACETS = {
     "decision": ("decision", "decision"), "category": ("category", "category"), "drug_class": ("drug_class", "nullif(drug_class, '')"),
     "region": ("region", "regions"), "partial": ("partial", "CASE WHEN partial THEN 'yes' ELSE 'no' END"),
     "specialty": ("dwc_specialty", "dwc_specialties"), "license_state": ("license_state", "license_states"),
+    "dwc_category": ("dwc_category", "nullif(dwc_category, '')"), "case_outcome": ("case_outcome", "nullif(case_outcome, '')"),
     "year": ("decision_date", "substr(nullif(decision_date, ''), 1, 4)"),
 }
 # evidence field -> colour class (one per kind of value)

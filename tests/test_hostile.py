@@ -272,3 +272,13 @@ def test_embedder_without_network_during_index_then_ask_says_no_index(letter, mo
     monkeypatch.delenv("IMR_EMBEDDER")
     res = runner.invoke(app, ["ask", "why was therapy denied?"])
     assert res.exit_code == 2 and "no complete index" in res.output
+
+
+def test_workers_clean_up_shard_folders_left_by_a_killed_run(letter):
+    """`--workers 2` killed with -9 left a `.OUT.shards-PID` folder (288 MB at scale); the next run removes it."""
+    stale = Path(".r.jsonl.shards-999999")  # no such process
+    stale.mkdir()
+    (stale / "shard0.jsonl").write_text("x" * 1000)
+    res = runner.invoke(app, ["extract", str(letter), "--out", "r.jsonl", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert not stale.exists() and not list(Path(".").glob(".r.jsonl.shards-*"))

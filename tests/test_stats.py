@@ -132,3 +132,21 @@ def test_precedent_counts_match_the_gold_and_quotes_stand_at_their_offsets(real_
     assert p["request"]["drug_class"] == "opioid" and len(p["relaxed"]) == 1
     # 5 opioid items in these letters: the match was widened to medications, and the answer says so
     assert p["relaxed"][0]["filters"].endswith("whose drug class is opioid") and p["relaxed"][0]["items"] == 5
+
+
+def test_export_tables_csv_and_parquet(real_index, monkeypatch, tmp_path):
+    import csv as csvmod
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("IMR_DATA_DIR", str(real_index))
+    assert runner.invoke(app, ["export", str(tmp_path / "csv")]).exit_code == 0
+    assert runner.invoke(app, ["export", str(tmp_path / "pq"), "--parquet"]).exit_code == 0
+    items = list(csvmod.DictReader(open(tmp_path / "csv" / "items.csv")))
+    letters = list(csvmod.DictReader(open(tmp_path / "csv" / "letters.csv")))
+    gold = _gold_items()
+    assert len(items) == len(gold) and len(letters) == 63
+    t = pq.read_table(tmp_path / "pq" / "items.parquet")
+    assert t.num_rows == len(gold) and {"drug_class", "dwc_category", "original_request"} <= set(t.column_names)
+    lt = pq.read_table(tmp_path / "pq" / "letters.parquet").to_pylist()
+    assert sum(x["overturned"] for x in lt) == sum(1 for _, it in gold if it["decision"] == "Overturned")

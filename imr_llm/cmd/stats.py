@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -80,3 +81,25 @@ def render(res: dict) -> None:
                   str(g["overturned"]), shown, bar, Text(" ".join(g["cited"])))
     con.print(t)
     con.print(Text(res["note"] + "; 'thin': fewer than 10 items, the interval says more than the rate."))
+
+
+def export(
+    out: Path = typer.Argument(..., help="folder for items.* and letters.*"),
+    parquet: bool = typer.Option(False, "--parquet", help="Parquet instead of CSV (needs pyarrow: pip install 'imr-llm[analysis]')"),
+) -> None:
+    """The indexed records as two tables: items (one row per disputed item) and letters."""
+    from ..export import write
+    from ..index import Index, IndexError_
+
+    if parquet:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            die("--parquet needs pyarrow: pip install 'imr-llm[analysis]' (or export CSV without --parquet)")
+    s = get_settings(None)
+    try:
+        idx = Index(s.data_dir, embedder=None)
+    except IndexError_ as e:
+        die(str(e))
+    for name, path in write(idx.store.db, out, parquet).items():
+        print(f"{name}: {path}")
