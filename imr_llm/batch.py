@@ -26,6 +26,7 @@ from .config import Settings, redact
 from .extract import PROMPT_VERSION, LLMExtraction, analyse, assemble, build_messages, response_model
 from .llm import CURRENT, LLMError, Provider, Tally, cost
 from .load import LetterError, read_bytes, read_letter
+from .procs import pid_alive
 from .models import CSV_COLUMNS, SCHEMA_VERSION, DecisionRecord, Usage, csv_rows
 
 NO_MODEL_NOTICE = (
@@ -181,7 +182,7 @@ class AtomicWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
-            if not _alive(stale.name.rsplit("-", 1)[-1]):
+            if not pid_alive(stale.name.rsplit("-", 1)[-1]):
                 stale.unlink(missing_ok=True)
         self.f = open(self.tmp, "w", encoding="utf-8", newline="")
 
@@ -208,16 +209,6 @@ def _dedupe_id(line: str, meta: dict, seen: dict[str, int]) -> tuple[str, list[d
     rec = json.loads(line)
     rec["letter_id"] = new
     return json.dumps(rec, separators=(",", ":"), ensure_ascii=False), [{**r, "letter_id": new} for r in meta["csv"]]
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path | None, concurrency: int,
@@ -435,7 +426,7 @@ def run_parallel(paths: list[str], s: Settings, out: Path, csv_path: Path | None
     import shutil
 
     for stale in out.parent.glob(f".{out.name}.shards-*"):  # left by a run killed with -9
-        if not _alive(stale.name.rsplit("-", 1)[-1]):
+        if not pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     tmpdir = out.parent / f".{out.name}.shards-{os.getpid()}"
     tmpdir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 
 from . import embed as emb
 from .config import env
+from .procs import pid_alive
 from .chunk import Chunk, chunks_for
 from .filters import COLUMNS, row_values, write_facets
 from .models import SCHEMA_VERSION, DecisionRecord
@@ -457,7 +458,7 @@ class Rebuild:
         self.data_dir = data_dir
         final = index_dir(data_dir)
         for stale in data_dir.glob("index.rebuild-*"):  # left by a killed rebuild
-            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            if not pid_alive(stale.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(stale, ignore_errors=True)
         self.new_dir = data_dir / f"index.rebuild-{os.getpid()}"
         shutil.rmtree(self.new_dir, ignore_errors=True)
@@ -497,16 +498,6 @@ class Rebuild:
                 pass
         _forget_chroma()
         shutil.rmtree(self.new_dir, ignore_errors=True)
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def rebuild(data_dir: Path, embedder: str | None, records: Iterable[DecisionRecord], on_letter=None,
