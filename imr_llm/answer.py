@@ -72,17 +72,15 @@ def marker(row: dict) -> str:
 
 def count_or_list(index: Index, question: str, f: Filters, mode: str, reading: Reading | None = None) -> AnswerResult:
     f = f.without("kind")
-    where, args = f.sql()
-    db = index.store.db
-    rows = db.execute(f"SELECT letter_id, item, cite_id, request, decision, category FROM items WHERE {where} ORDER BY letter_id, item", args).fetchall()
-    paths = {lid: (src, json.loads(ps or "[]")) for lid, src, ps in db.execute("SELECT letter_id, source_path, paths FROM records")}
+    rows = index.store.select_items(f, "letter_id, item, cite_id, request, decision, category", order="letter_id, item")
+    paths = index.store.letter_paths()
     letters: dict[str, dict] = {}
     for lid, item, cite, req, dec, cat in rows:
         src, all_paths = paths.get(lid, ("", []))
         e = letters.setdefault(lid, {"letter_id": lid, "cite_id": cite, "source_path": src, "paths": all_paths, "items": []})
         e["items"].append({"item": item + 1, "request": req, "decision": dec, "category": cat})
     n_items, n_letters = len(rows), len(letters)
-    total = db.execute("SELECT count(*) FROM items").fetchone()[0]
+    total = index.store.count_items()[0]
     what = f"{n_items} disputed item{'s' if n_items != 1 else ''} in {n_letters} letter{'s' if n_letters != 1 else ''}"
     head = reading.sentence() + "\n" if reading else ""
     if reading and reading.unused:
@@ -107,7 +105,7 @@ def _terms(text: str) -> set[str]:
 
 def _original(index: Index, row: dict) -> tuple[str, int] | None:
     """The original letter text of a chunk (from the stored record's evidence) and its offset."""
-    got = index.store.db.execute("SELECT json FROM records WHERE letter_id=?", (row["letter_id"],)).fetchone()
+    got = index.store.record(row["letter_id"])
     if not got:
         return None
     rec = json.loads(got[0])
@@ -232,7 +230,7 @@ def stats_answer(index: Index, question: str, f: Filters, reading: Reading) -> A
     """A statistical question answered with the exact table of ``imr stats`` and cited letters per row."""
     from .stats import compute, load_facets
 
-    res = compute(index.store.db, reading.group_by, f, load_facets(index.dir))
+    res = compute(index.store, reading.group_by, f, load_facets(index.dir))
     t = res["total"]
     lines = [reading.sentence()]
     if reading.unused:
@@ -262,8 +260,7 @@ def stats_answer(index: Index, question: str, f: Filters, reading: Reading) -> A
 
 
 def latest_decision(index: Index) -> str | None:
-    row = index.store.db.execute("SELECT max(nullif(decision_date, '')) FROM items").fetchone()
-    return row[0] if row else None
+    return index.store.latest_decision()
 
 
 def ask(index: Index, question: str, k: int = 6, filters: Filters | None = None, provider=None,

@@ -4,7 +4,6 @@ per letter, every path it came from). CSV always; Parquet with ``pyarrow`` (extr
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from .models import CSV_COLUMNS, DecisionRecord, csv_rows
@@ -15,15 +14,15 @@ LETTER_COLUMNS = ["letter_id", "case_number", "source_path", "paths", "decision_
                   "layout", "flags"]
 
 
-def tables(db) -> tuple[list[dict], list[dict]]:
+def tables(store) -> tuple[list[dict], list[dict]]:
     items, letters = [], []
-    for js, paths in db.execute("SELECT json, paths FROM records ORDER BY source_path"):
+    for js, paths in store.records():
         rec = DecisionRecord.model_validate_json(js)
         items.extend(csv_rows(rec))
         j = "; ".join
         letters.append({
             "letter_id": rec.letter_id, "case_number": rec.case_number, "source_path": rec.source_path,
-            "paths": j(json.loads(paths or "[]")), "decision_date": rec.decision_date, "date_assigned": rec.date_assigned,
+            "paths": j(paths), "decision_date": rec.decision_date, "date_assigned": rec.date_assigned,
             "date_of_injury": rec.date_of_injury, "ur_denial_date": rec.ur_denial_date,
             "application_received": rec.application_received, "priority": rec.priority, "case_outcome": rec.case_outcome,
             "items": len(rec.items), "overturned": sum(1 for it in rec.items if it.decision == "Overturned"),
@@ -33,8 +32,8 @@ def tables(db) -> tuple[list[dict], list[dict]]:
     return items, letters
 
 
-def write(db, out: Path, parquet: bool) -> dict[str, Path]:
-    items, letters = tables(db)
+def write(store, out: Path, parquet: bool) -> dict[str, Path]:
+    items, letters = tables(store)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, rows, cols in (("items", items, CSV_COLUMNS), ("letters", letters, LETTER_COLUMNS)):

@@ -20,7 +20,7 @@ from . import embed as emb
 from .config import env
 from .procs import pid_alive
 from .chunk import Chunk, chunks_for
-from .filters import COLUMNS, row_values, write_facets
+from .filters import COLUMNS, Filters, row_values, write_facets
 from .models import SCHEMA_VERSION, DecisionRecord
 
 import numpy as np
@@ -123,12 +123,60 @@ class Store:
             return rec.model_copy(update={"letter_id": f"{rec.letter_id}~{rec.sha256[:8]}"})
         return rec
 
+    # -- reading: every query of the items, records and chunks tables lives here
+    ITEM_ORDER = "decision_date DESC, letter_id, item"
+
+    def select_items(self, f: Filters, cols: str, order: str | None = None, limit: int | None = None,
+                     offset: int = 0) -> list[tuple]:
+        """``cols`` of the items that ``f`` keeps; ``order`` an ORDER BY over items' columns."""
+        where, args = f.sql()
+        sql = f"SELECT {cols} FROM items WHERE {where}" + (f" ORDER BY {order}" if order else "")
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args = [*args, limit, offset]
+        return self.db.execute(sql, args).fetchall()
+
+    def items_by_rowid(self, rowids: list[int], cols: str) -> list[tuple]:
+        """``cols`` of these items, in the order given (the page after the columnar path chose them)."""
+        got = {r[0]: r[1:] for r in self.db.execute(f"SELECT rowid, {cols} FROM items WHERE rowid IN ({','.join('?' * len(rowids))})", rowids)}
+        return [got[i] for i in rowids if i in got]
+
+    def count_items(self, f: Filters | None = None) -> tuple[int, int]:
+        """(items, letters) that ``f`` keeps (all when None)."""
+        where, args = (f or Filters()).sql()
+        return self.db.execute(f"SELECT count(*), count(DISTINCT letter_id) FROM items WHERE {where}", args).fetchone()
+
+    def group_items(self, f: Filters, expr: str) -> list[tuple]:
+        """(value of ``expr``, items) for the items ``f`` keeps."""
+        where, args = f.sql()
+        return self.db.execute(f"SELECT {expr}, count(*) FROM items WHERE {where} GROUP BY 1", args).fetchall()
+
+    def latest_decision(self) -> str | None:
+        row = self.db.execute("SELECT max(nullif(decision_date, '')) FROM items").fetchone()
+        return row[0] if row else None
+
+    def record(self, letter_id: str) -> tuple[str, list[str]] | None:
+        """(record JSON, every path the letter came from), or None for an unknown id."""
+        got = self.db.execute("SELECT json, paths FROM records WHERE letter_id=?", (letter_id,)).fetchone()
+        return (got[0], json.loads(got[1] or "[]")) if got else None
+
+    def records(self) -> Iterator[tuple[str, list[str]]]:
+        """(record JSON, paths) of every letter, in source-path order."""
+        for js, paths in self.db.execute("SELECT json, paths FROM records ORDER BY source_path"):
+            yield js, json.loads(paths or "[]")
+
+    def letter_paths(self) -> dict[str, tuple[str, list[str]]]:
+        return {lid: (src, json.loads(ps or "[]")) for lid, src, ps in self.db.execute("SELECT letter_id, source_path, paths FROM records")}
+
+    def chunk_ids(self, f: Filters) -> list[str]:
+        where, args = f.sql()
+        return [r[0] for r in self.db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
+
     def write_item_facets(self, path: Path) -> None:
         """The items table as columns of codes (``items.npz``): filters, counts and rates over a
         million items in milliseconds (``stats``, the page), where a SQL scan takes seconds."""
         cols = list(ITEM_FACETS)
-        rows = self.db.execute(f"SELECT {', '.join(f'[{c}]' for c in cols)}, rowid FROM items "
-                               f"ORDER BY decision_date DESC, letter_id, item").fetchall()
+        rows = self.db.execute(f"SELECT {', '.join(f'[{c}]' for c in cols)}, rowid FROM items ORDER BY {self.ITEM_ORDER}").fetchall()
         order = np.array([r[-1] for r in rows], dtype=np.int64)  # rowids, newest decision first (the page's order)
         write_facets((r[:-1] for r in rows), path, cols, {"rowid": order})
 

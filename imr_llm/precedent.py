@@ -50,13 +50,13 @@ def find(index, request: str, after_surgery: bool = False, fusion: bool = False,
     tries = [t for i, t in enumerate(tries) if t not in tries[:i]]
     for conds in tries:
         f = Filters(base + conds)
-        res = compute(index.store.db, [], f, facets)
+        res = compute(index.store, [], f, facets)
         steps.append({"filters": f.describe(), "items": res["total"]["items"]})
         if res["total"]["items"] >= ENOUGH or conds == []:
             break
     t = res["total"]
-    reasons = compute(index.store.db, ["denial_reason"], Filters(f.conds + [Cond("decision", ("Upheld",))]), facets)["groups"]
-    guides = compute(index.store.db, ["guideline_source"], f, facets)["groups"]
+    reasons = compute(index.store, ["denial_reason"], Filters(f.conds + [Cond("decision", ("Upheld",))]), facets)["groups"]
+    guides = compute(index.store, ["guideline_source"], f, facets)["groups"]
     hits = Retriever(index).search(request, k=k, filters=f)
     precedents = []
     for h in hits:

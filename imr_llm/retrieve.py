@@ -140,8 +140,7 @@ class Retriever:
         if filters.active() and facets is None:
             keep = {cid for cid, r in rows.items() if filters.match(r)}
             if len({rows[c]["letter_id"] for c in keep}) < k:
-                where, args = filters.sql()
-                allowed = [r[0] for r in self.index.store.db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
+                allowed = self.index.store.chunk_ids(filters)
                 self._lexical()
                 if self._dense is not None or len(allowed) <= SMALL_SET:
                     mask = np.zeros(len(self._ids), dtype=np.float32)

@@ -123,7 +123,7 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
         except (FilterError, ValueError) as e:
             return page("error.html", 400, title="Bad filter", message=str(e))
         idx = index()
-        db = idx.store.db
+        st = idx.store
         pg = max(1, int(request.query_params.get("page", "1") or 1))
         cols = "letter_id, cite_id, item, request, decision, category, drug_class, decision_date"
         fz = facets(idx)
@@ -131,19 +131,15 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
             from .stats import facet_counts, page_rowids
 
             n_items, n_letters, all_counts = facet_counts(fz, f, FACET_COLUMNS)
-            ids = page_rowids(fz, f, (pg - 1) * PAGE, PAGE)
-            got = {r[0]: r[1:] for r in db.execute(f"SELECT rowid, {cols} FROM items WHERE rowid IN ({','.join('?' * len(ids))})", ids)}
-            rows = [got[i] for i in ids if i in got]
+            rows = st.items_by_rowid(page_rowids(fz, f, (pg - 1) * PAGE, PAGE), cols)
         else:
-            where, args = f.sql()
-            n_items, n_letters = db.execute(f"SELECT count(*), count(DISTINCT letter_id) FROM items WHERE {where}", args).fetchone()
-            rows = db.execute(f"SELECT {cols} FROM items WHERE {where} ORDER BY decision_date DESC, letter_id, item LIMIT ? OFFSET ?",
-                              [*args, PAGE, (pg - 1) * PAGE]).fetchall()
+            n_items, n_letters = st.count_items(f)
+            rows = st.select_items(f, cols, order=st.ITEM_ORDER, limit=PAGE, offset=(pg - 1) * PAGE)
             all_counts = {}
             for name, (_, expr) in FACETS.items():
                 listy = expr in ("regions", "dwc_specialties", "license_states")
                 counts: dict[str, int] = {}
-                for v, n in db.execute(f"SELECT {expr}, count(*) FROM items WHERE {where} GROUP BY 1", args):
+                for v, n in st.group_items(f, expr):
                     for x in ([y for y in (v or "").strip("|").split("|") if y] if listy else [v]):
                         if x:
                             counts[x] = counts.get(x, 0) + n
@@ -163,7 +159,7 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
     async def letter(request: Request) -> Response:
         lid = request.path_params["letter_id"]
         idx = index()
-        got = idx.store.db.execute("SELECT json, paths FROM records WHERE letter_id=?", (lid,)).fetchone()
+        got = idx.store.record(lid)
         if not got:
             return not_found(f"No letter {lid!r} in this index.")
         rec = json.loads(got[0])
@@ -177,7 +173,7 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
         found = [dict(e, n=i, cls=kind_of(e["field"])) for i, e in enumerate(ev) if e["status"] != "not_found"]
         dropped = [e for e in ev if e["status"] == "not_found"]
         return page("letter.html", rec=rec, segments=letter_segments(text, ev), found=found, dropped=dropped,
-                    paths=json.loads(got[1] or "[]"), items=rec["items"])
+                    paths=got[1], items=rec["items"])
 
     async def ask_page(request: Request) -> Response:
         from .answer import AnswerError, ask
@@ -197,16 +193,15 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
             f = selection(request.query_params)
         except (FilterError, ValueError) as e:
             return PlainTextResponse(str(e), 400)
-        db = index().store.db
-        where, args = f.sql()
+        st = index().store
         chosen: dict[str, set[int]] = {}
-        for lid, item in db.execute(f"SELECT letter_id, item FROM items WHERE {where}", args):
+        for lid, item in st.select_items(f, "letter_id, item"):
             chosen.setdefault(lid, set()).add(item)
         out = io.StringIO()
         w = csv.DictWriter(out, fieldnames=CSV_COLUMNS) if kind == "csv" else None
         if w:
             w.writeheader()
-        for (js,) in db.execute("SELECT json FROM records ORDER BY source_path"):
+        for js, _ in st.records():
             rec = DecisionRecord.model_validate_json(js)
             if rec.letter_id not in chosen:
                 continue
@@ -230,7 +225,7 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
         except (FilterError, ValueError) as e:
             return PlainTextResponse(str(e), 400)
         idx = index()
-        res = compute(idx.store.db, ["category" if name == "category" else "decision_month"], f, facets(idx))
+        res = compute(idx.store, ["category" if name == "category" else "decision_month"], f, facets(idx))
         svg = charts.overturn_by_category(res) if name == "category" else charts.items_by_month(res)
         return Response(svg, media_type="image/svg+xml")
 

@@ -368,9 +368,9 @@ def bench_stats(corpus: list[Path], work: Path, n_items: int) -> dict:
     out = {"items": n, "build_s": build_s, "items_npz_s": facets_s, "db_mb": round(store_path.stat().st_size / 1e6, 1),
            "items_npz_mb": round(fpath.stat().st_size / 1e6, 1), "load_items_npz_ms": timed(lambda: load_facets(data / "index"), 3)}
     for by in (["category"], ["decision_month"], ["drug_class", "decision_year"], ["body_region"]):
-        out[f"stats_by_{'_'.join(by)}_ms"] = timed(lambda: compute(db, by, Filters(), fz))
-    out["stats_filtered_ms"] = timed(lambda: compute(db, ["category"], Filters.of(decision="Overturned", region="lumbar"), fz))
-    out["stats_sql_by_category_ms"] = timed(lambda: compute(db, ["category"], Filters()), 1)  # the SQL path, for comparison
+        out[f"stats_by_{'_'.join(by)}_ms"] = timed(lambda: compute(st, by, Filters(), fz))
+    out["stats_filtered_ms"] = timed(lambda: compute(st, ["category"], Filters.of(decision="Overturned", region="lumbar"), fz))
+    out["stats_sql_by_category_ms"] = timed(lambda: compute(st, ["category"], Filters()), 1)  # the SQL path, for comparison
     from starlette.testclient import TestClient
 
     from ..web import create_app

@@ -45,7 +45,7 @@ def stats(
                     die(f"--filter {part!r}: use key=value")
                 k, v = (x.strip() for x in part.split("=", 1))
                 f = f.merged(Filters.of(**{k: v}))
-        res = compute(idx.store.db, by, f, load_facets(idx.dir))
+        res = compute(idx.store, by, f, load_facets(idx.dir))
     except (IndexError_, FilterError, ValueError) as e:
         die(str(e))
     if unused:
@@ -101,5 +101,5 @@ def export(
         idx = Index(s.data_dir, embedder=None)
     except IndexError_ as e:
         die(str(e))
-    for name, path in write(idx.store.db, out, parquet).items():
+    for name, path in write(idx.store, out, parquet).items():
         print(f"{name}: {path}")
