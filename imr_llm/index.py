@@ -172,6 +172,24 @@ class Store:
         where, args = f.sql()
         return [r[0] for r in self.db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
 
+    # -- schema upgrades: numbered, in order, each in one transaction
+    def migrate(self) -> list[str]:
+        """Bring a store written by an earlier imr-llm to ``INDEX_FORMAT`` in place; what was done."""
+        has_rows = self.db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
+        fmt = int(self.get_meta("index_format") or ("1" if has_rows else INDEX_FORMAT))
+        done = []
+        for target, step in MIGRATIONS:
+            if fmt < target:
+                try:
+                    done.append(step(self))
+                    self.set_meta("index_format", str(target))
+                    self.db.commit()
+                except BaseException:
+                    self.db.rollback()
+                    raise
+                fmt = target
+        return done
+
     def write_item_facets(self, path: Path) -> None:
         """The items table as columns of codes (``items.npz``): filters, counts and rates over a
         million items in milliseconds (``stats``, the page), where a SQL scan takes seconds."""
@@ -204,6 +222,37 @@ class Store:
 
     def commit(self) -> None:
         self.db.commit()
+
+
+def _migrate_to_2(store: "Store") -> str:
+    """Format 1 -> 2: the filter columns of ``filters.COLUMNS`` and the records' paths, filled from
+    each stored record (fields a format-1 record never had stay empty until it is re-extracted)."""
+    db = store.db
+    for table, cols in (("items", ITEM_COLUMNS), ("chunks", CHUNK_COLUMNS), ("records", {"paths": "TEXT"})):
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        for c, t in cols.items():
+            if c not in have:
+                db.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {t.replace(" UNIQUE", "")}')
+    item_cols = [c for c in ITEM_COLUMNS if c not in ("letter_id", "item")]
+    n = 0
+    for lid, js, src in db.execute("SELECT letter_id, json, source_path FROM records").fetchall():
+        rec = DecisionRecord.model_validate_json(js)
+        db.execute("UPDATE records SET paths=? WHERE letter_id=?", (json.dumps([src]), lid))
+        for i in range(len(rec.items)):
+            row = _item_row(rec, i)
+            db.execute(f"UPDATE items SET {', '.join(f'[{c}]=?' for c in item_cols)} WHERE letter_id=? AND item=?",
+                       [row.get(c) for c in item_cols] + [lid, i])
+        for (item,) in db.execute("SELECT DISTINCT item FROM chunks WHERE letter_id=?", (lid,)).fetchall():
+            row = row_values(rec, item)
+            cols = [c for c in COLUMNS if c != "letter_id"]
+            db.execute(f"UPDATE chunks SET {', '.join(f'[{c}]=?' for c in cols)} WHERE letter_id=? AND item=?",
+                       [row.get(c) for c in cols] + [lid, item])
+        n += 1
+    return f"format 2: filter columns added and filled for {n} letters"
+
+
+# (index format reached, step): run in order by Store.migrate
+MIGRATIONS = [(2, _migrate_to_2)]
 
 
 def _insert(table: str, cols: dict[str, str], upsert: bool = False) -> str:
@@ -275,10 +324,12 @@ class Index:
         if sv and sv.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise IndexError_(f"the index in {self.dir} holds schema {sv}, this imr-llm writes {SCHEMA_VERSION}: "
                               f"run `imr index --rebuild RECORDS`")
+        self.upgraded = self.store.migrate() if create else []  # a writer upgrades the store in place
         fmt = self.store.get_meta("index_format")
         if fmt != INDEX_FORMAT and self.store.db.execute("SELECT 1 FROM records LIMIT 1").fetchone():
             raise IndexError_(f"the index in {self.dir} was built by an earlier imr-llm (index format {fmt or '1'}, "
-                              f"this version reads {INDEX_FORMAT}): run `imr index --rebuild RECORDS`")
+                              f"this version reads {INDEX_FORMAT}): `imr index --upgrade` upgrades it in place "
+                              f"(or `imr index --rebuild RECORDS`)")
         self.local_only = local_only
         self._embedder = None
         self._collection = None

@@ -282,3 +282,29 @@ def test_workers_clean_up_shard_folders_left_by_a_killed_run(letter):
     res = runner.invoke(app, ["extract", str(letter), "--out", "r.jsonl", "--workers", "2"])
     assert res.exit_code == 0, res.output
     assert not stale.exists() and not list(Path(".").glob(".r.jsonl.shards-*"))
+
+
+def test_an_index_of_the_previous_format_is_upgraded_in_place(letter):
+    """Format 1 had fewer filter columns and no paths: readers are told, `imr index --upgrade` upgrades it."""
+    import sqlite3
+
+    assert runner.invoke(app, ["ingest", str(letter)]).exit_code == 0
+    data = Path(os.environ["IMR_DATA_DIR"])
+    before = json.loads(runner.invoke(app, ["ask", "How many requests were upheld?", "--json"]).output)["count"]
+    db = sqlite3.connect(data / "index" / "store.sqlite")
+    old_items = {"letter_id", "item", "cite_id", "request", "decision", "category", "regions", "had_surgery", "had_fusion",
+                 "license_states", "licensed_outside_ca", "specialties", "guidelines", "denial_reasons", "decision_date"}
+    for table, keep in (("items", old_items), ("records", {"letter_id", "cite_id", "source_path", "sha256", "json"})):
+        for (col,) in [(r[1],) for r in db.execute(f"PRAGMA table_info({table})")]:
+            if col not in keep:
+                db.execute(f'ALTER TABLE {table} DROP COLUMN "{col}"')
+    db.execute("DELETE FROM meta WHERE k='index_format'")
+    db.commit()
+    db.close()
+    res = runner.invoke(app, ["ask", "How many requests were upheld?"])
+    assert res.exit_code == 2 and "imr index --upgrade" in res.output
+    res = runner.invoke(app, ["index", "--upgrade"])
+    assert res.exit_code == 0 and "format 2: filter columns added and filled for 1 letters" in res.output, res.output
+    after = json.loads(runner.invoke(app, ["ask", "How many requests were upheld?", "--json"]).output)["count"]
+    assert after == before == 1
+    assert runner.invoke(app, ["index", "--upgrade"]).output.strip().endswith("already current")

@@ -36,12 +36,35 @@ def _index(records: Path, rebuild_all: bool, local_only: bool) -> None:
 
 
 def index(
-    records: Path = typer.Argument(..., help="records.jsonl written by `imr extract`"),
-    rebuild: bool = typer.Option(False, "--rebuild", help="drop the index (any embedder/schema) and build it anew"),
+    records: Optional[Path] = typer.Argument(None, help="records.jsonl written by `imr extract`"),
+    rebuild: bool = typer.Option(False, "--rebuild", help="build a new index (any embedder/schema) beside the current one and swap it in"),
+    upgrade: bool = typer.Option(False, "--upgrade", help="upgrade an index written by an earlier imr-llm in place (no records needed)"),
     local_only: bool = typer.Option(False, "--local-only"),
 ) -> None:
     """Chunk, embed and index extracted records (re-indexing upserts; nothing is duplicated)."""
+    if upgrade:
+        return _upgrade(local_only)
+    if records is None:
+        die("give RECORDS.jsonl (or --upgrade)")
     _index(records, rebuild, local_only)
+
+
+def _upgrade(local_only: bool) -> None:
+    s = get_settings(None, local_only)
+    try:
+        idx = Index(s.data_dir, embedder=None, create=True, local_only=s.local_only)
+        idx.build_lexical()  # facet mirrors with the new columns
+    except (IndexError_, ConfigError) as e:
+        die(str(e))
+    done = idx.upgraded
+    idx.close()
+    if not done:
+        print(f"{idx.dir}: already current")
+        return
+    for d in done:
+        print(f"upgraded {idx.dir}: {d}")
+    notice("records extracted by an earlier version lack the newer fields (drug class, partial authorizations, DWC "
+           "vocabulary): re-run `imr ingest LETTERS` to fill them")
 
 
 def ingest(
