@@ -23,7 +23,8 @@ from typing import Callable, Iterable
 from . import __version__
 from .cache import Cache, key
 from .config import Settings, redact
-from .extract import PROMPT_VERSION, LLMExtraction, analyse, assemble, build_messages, response_model
+from .extract import (PROMPT_VERSION, UNKNOWN_PROMPT_VERSION, FreeItems, LLMExtraction, analyse, assemble, build_messages,
+                      free_items_model, response_model, unknown_layout_messages)
 from .llm import CURRENT, LLMError, Provider, Tally, cost
 from .load import LetterError, read_bytes, read_letter
 from .procs import pid_alive
@@ -134,6 +135,26 @@ class Extractor:
         except Exception as e:  # never let one letter stop the batch
             return Outcome(path, error=redact(f"{path}: internal error {type(e).__name__}: {str(e)[:200]} (rerun with --debug)"))
 
+    async def _free_items(self, letter, usage: Usage):
+        """An IMR letter in a layout the parser does not know: the model lists its items and
+        decisions (grounded afterwards, in ``assemble``)."""
+        usage.prompt_version = UNKNOWN_PROMPT_VERSION
+        lkey = key("llm-free", letter.text_sha256, self.s.label, UNKNOWN_PROMPT_VERSION, SCHEMA_VERSION)
+        got = self.cache.get(lkey) if self.cache else None
+        if got:
+            return FreeItems.model_validate(got["output"]), Usage.model_validate(got["usage"])
+        tally = Tally()
+        tok = CURRENT.set(tally)
+        try:
+            out = await self.provider.extract(unknown_layout_messages(letter), free_items_model())
+        finally:
+            CURRENT.reset(tok)
+        usage.calls, usage.input_tokens, usage.output_tokens = tally.calls, tally.input_tokens, tally.output_tokens
+        usage.retry_tokens, usage.cost_usd = tally.retry_tokens, cost(self.s, tally.input_tokens, tally.output_tokens)
+        if self.cache:
+            self.cache.put(lkey, "llm", {"output": out.model_dump(mode="json"), "usage": usage.model_dump()})
+        return out, usage
+
     async def _one(self, path: str) -> Outcome:
         # The record key needs only the file's bytes: an unchanged letter is answered from the cache
         # without decoding, normalising or (for a PDF) extracting its text again.
@@ -144,8 +165,10 @@ class Extractor:
             return Outcome(path, hit["line"], hit["meta"], cached=True)
         letter = read_letter(path, data)
         lay = analyse(letter)
-        llm_out, usage, flags = None, Usage(provider=self.s.provider, model=self.s.model), []
-        if self.provider is not None:
+        llm_out, usage, flags, free = None, Usage(provider=self.s.provider, model=self.s.model), [], None
+        if self.provider is not None and "unknown_layout" in lay.features:
+            free, usage = await self._free_items(letter, usage)
+        elif self.provider is not None:
             usage.prompt_version = PROMPT_VERSION
             lkey = key("llm", letter.text_sha256, self.s.label, PROMPT_VERSION, SCHEMA_VERSION)
             got = self.cache.get(lkey) if self.cache else None
@@ -167,7 +190,7 @@ class Extractor:
                 usage.cost_usd = cost(self.s, tally.input_tokens, tally.output_tokens)
                 if self.cache:
                     self.cache.put(lkey, "llm", {"output": llm_out.model_dump(mode="json"), "usage": usage.model_dump()})
-        rec = assemble(letter, lay, llm_out, usage, flags)
+        rec = assemble(letter, lay, llm_out, usage, flags, free=free)
         line, meta = summarize(rec)
         if self.cache:
             self.cache.put(rkey, "record", {"line": line, "meta": meta})

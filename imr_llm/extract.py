@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, Field, create_model
 
@@ -86,6 +86,75 @@ class LLMExtraction(_Answer):
     prior_treatments: list[str] = Field(max_length=12)
     surgeries: list[LLMSurgery] = Field(max_length=6)
     items: list[LLMItem] = Field(max_length=40)
+
+
+# --- letters in a layout the parser does not know -------------------------------------------------
+
+UNKNOWN_PROMPT_FILE = "unknown_layout_v1.md"
+UNKNOWN_PROMPT_VERSION = "unknown-layout-v1"
+UNKNOWN_MAX_CHARS = 24000  # the letter text given to the model (the decisions come early in every known template)
+
+
+class FreeItem(BaseModel):
+    request: str = Field(max_length=400)
+    decision: Literal["Upheld", "Overturned"]
+    decision_quote: str = Field(max_length=600)
+
+
+class FreeItems(_Answer):
+    """The disputed items of a letter in an unknown layout."""
+
+    items: list[FreeItem] = Field(max_length=20)
+
+
+@lru_cache(maxsize=1)
+def free_items_model() -> type[FreeItems]:
+    from instructor import openai_schema
+
+    return openai_schema(FreeItems)
+
+
+def unknown_layout_messages(letter: Letter) -> list[dict]:
+    return [{"role": "system", "content": read_prompt(UNKNOWN_PROMPT_FILE)},
+            {"role": "user", "content": "LETTER:\n" + letter.norm.text[:UNKNOWN_MAX_CHARS]}]
+
+
+_SAYS_UPHELD = re.compile(r"not\s*medically\s+necessary|\bupheld\b|\bdenied\b|\bdenial\s+(?:is|was)\s+upheld|non-?certif\w*|"
+                          r"\bnot\s+(?:supported|recommended|indicated|warranted|approved|certified)", re.IGNORECASE)
+_SAYS_OVERTURNED = re.compile(r"\bmedically\s+necessary\b|\boverturned\b|\bapproved\b|\bcertified\b|"
+                              r"\bis\s+(?:supported|recommended|indicated|warranted)", re.IGNORECASE)
+
+
+def free_item_facts(x: FreeItems, text: str) -> tuple[list[Fact], list[Fact], list[str]]:
+    """Ground the model's items of an unknown-layout letter: the request and the decision sentence
+    must be found in the letter, and the sentence must say that decision. Returns (kept facts,
+    dropped facts, flags); each kept item gets its request, decision and rule facts (category...)."""
+    kept, dropped, n = [], [], 0
+    for it in x.items:
+        req = locate(it.request, text)
+        dq = locate(it.decision_quote, text)
+        sentence = text[dq[0]:dq[1]] if dq else ""
+        says = ("Upheld" if _SAYS_UPHELD.search(sentence) else "Overturned" if _SAYS_OVERTURNED.search(sentence) else None)
+        if req is None or dq is None or says != it.decision:
+            why = ("request not found in the letter" if req is None else "decision sentence not found in the letter" if dq is None
+                   else f"the quoted sentence does not say {it.decision}")
+            dropped.append(Fact("items[]", f"{it.request[:80]} / {it.decision} ({why})", origin="llm"))
+            continue
+        p = f"items[{n}]"
+        rs, re_ = req[0], req[1]
+        kept.append(Fact(f"{p}.request", text[rs:re_], rs, re_, "llm"))
+        kept.append(Fact(f"{p}.decision", it.decision, dq[0], dq[1], "llm"))
+        cat = lx.categorize(text[rs:re_])
+        kept.append(Fact(f"{p}.category", cat[0], rs + cat[1], rs + cat[2], "rules") if cat else Fact(f"{p}.category", "other", rs, re_, "rules"))
+        q = lx.quantity(text[rs:re_])
+        if q:
+            kept.append(Fact(f"{p}.quantity", q[0], rs + q[1], rs + q[2], "rules"))
+        for reg, s, e in lx.body_regions(text[rs:re_]):
+            kept.append(Fact(f"{p}.body_regions[]", reg, rs + s, rs + e, "rules"))
+        n += 1
+    flags = [f"model_derived_items: {n} item(s) read by the model from a layout this version does not parse; each request "
+             f"and decision sentence was found in the letter"] if n else []
+    return kept, dropped, flags
 
 
 @lru_cache(maxsize=64)
@@ -277,8 +346,18 @@ def _sanity_flags(d: dict) -> list[str]:
 
 
 def assemble(letter: Letter, lay: Layout, llm: LLMExtraction | None = None, usage: Usage | None = None,
-             extra_flags: list[str] | None = None) -> DecisionRecord:
+             extra_flags: list[str] | None = None, free: FreeItems | None = None) -> DecisionRecord:
     asm = Assembler(letter, lay)
+    if free is not None:  # an unknown layout: the model's items, each grounded, stand in for the parser's
+        kept, dropped, fl = free_item_facts(free, letter.norm.text)
+        n = len({f.field.split(".")[0] for f in kept})
+        asm.data["items"] = [{"index": i, "request": "", "decision": "", "body_regions": [], "guideline_sources": [],
+                              "denial_reasons": []} for i in range(n)]
+        for f in kept:
+            asm.add_spanned(f)
+        for f in dropped:
+            asm.drop(f.field, f.value, "llm", "not grounded")
+        extra_flags = list(extra_flags or []) + fl
     for f in layout_facts(lay) + rule_facts(lay, letter.norm.text):
         asm.add_spanned(f)
     flags = list(extra_flags or [])
@@ -297,7 +376,9 @@ def assemble(letter: Letter, lay: Layout, llm: LLMExtraction | None = None, usag
         if feat.startswith("unusual_outcome:"):
             flags.append(feat)
         elif feat == "unknown_layout":
-            flags.append("unknown_layout: an IMR letter in a template this version does not parse; items and decisions were not read")
+            flags.append("unknown_layout: an IMR letter in a template this version does not parse; " + (
+                "its items were read by the model and kept only where the letter states them" if free is not None
+                else "items and decisions were not read (a model, --model, can read them)"))
         elif feat == "no_rationale":
             flags.append("no_rationale: the letter states its decisions without a rationale section")
         elif feat.startswith("impossible_date:"):
