@@ -373,27 +373,9 @@ def run_reading(suite: Path, idx) -> dict:
 
 # --- HTML ---------------------------------------------------------------------------------------------
 
-_COLORS = ["#ffe08a", "#b5e3ff", "#c8f2c2", "#ffc9de", "#e0d4ff", "#ffd8b0"]
-
-
-def _highlight(text: str, evidence: list[dict]) -> str:
-    spans = [e for e in evidence if e.get("status") != "not_found" and e.get("start") is not None
-             and not e["field"].endswith(("rationale", "clinical_summary"))]
-    bounds = sorted({0, len(text)} | {e["start"] for e in spans} | {e["end"] for e in spans})
-    parts = []
-    for a, b in zip(bounds, bounds[1:]):
-        cover = [e for e in spans if e["start"] <= a and e["end"] >= b]
-        seg = html.escape(text[a:b])
-        if cover:
-            inner = min(cover, key=lambda e: e["end"] - e["start"])
-            color = _COLORS[hash(inner["field"].split("[")[0].split(".")[0]) % len(_COLORS)]
-            title = html.escape("; ".join(f"{e['field']} ({e['status']}, {e['origin']})" for e in cover))
-            seg = f'<mark style="background:{color}" title="{title}">{seg}</mark>'
-        parts.append(seg)
-    return "".join(parts)
-
-
 def html_report(sr: SuiteResult, path: Path) -> None:
+    from .highlight import CSS, to_html
+
     r = sr.report
     bars = []
     for i, (name, m) in enumerate(r["fields"].items()):
@@ -412,10 +394,10 @@ def html_report(sr: SuiteResult, path: Path) -> None:
         letters.append(f"<details><summary>{html.escape(lid)} — {len(rec['items'])} item(s), flags: {html.escape(', '.join(rec['flags']) or 'none')}</summary>"
                        f"<p>Hover a highlight to see the field it grounds.</p>"
                        + (f"<p>Dropped (not in the letter):</p><ul>{drop_html}</ul>" if dropped else "")
-                       + f"<pre>{_highlight(sr.texts.get(lid, ''), rec['evidence'])}</pre></details>")
+                       + f"<pre>{to_html(sr.texts.get(lid, ''), rec['evidence'])}</pre></details>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>imr-llm eval: {html.escape(r['model'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}pre{{white-space:pre-wrap;background:#fafafa;padding:1em;border:1px solid #ddd}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 6px;font-size:12px;vertical-align:top}}mark{{padding:0}}</style></head><body>
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 6px;font-size:12px;vertical-align:top}}mark{{padding:0}}{CSS}</style></head><body>
 <h1>Extraction eval — {html.escape(r['model'])}</h1>
 <p>Suite {html.escape(r['suite'])} · {r['letters']} letters · {r['when']} · micro F1 {r['micro']['f1']:.3f} ·
 decision accuracy {r['decision_accuracy']} · grounded share {r['grounded_share']} ({r['values_dropped']} values dropped) ·

@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .filters import Cond, FilterError, Filters
+from .highlight import kind_of, letter_segments
 from .index import Index
 from .models import CSV_COLUMNS, DecisionRecord, csv_rows
 
@@ -43,25 +44,7 @@ FACETS = {
     "dwc_category": ("dwc_category", "nullif(dwc_category, '')"), "case_outcome": ("case_outcome", "nullif(case_outcome, '')"),
     "year": ("decision_date", "substr(nullif(decision_date, ''), 1, 4)"),
 }
-# evidence field -> colour class (one per kind of value)
-KINDS = [("decision", "k-decision"), ("request", "k-request"), ("original_request", "k-request"), ("authorized", "k-request"),
-         ("category", "k-category"), ("dwc_", "k-category"), ("drug", "k-drug"), ("quantity", "k-quantity"),
-         ("frequency", "k-quantity"), ("body_region", "k-region"), ("guideline", "k-guideline"), ("denial_reasons", "k-reason"),
-         ("date", "k-date"), ("application_received", "k-date"), ("case_number", "k-header"), ("priority", "k-header"),
-         ("reviewer", "k-reviewer"), ("claimant", "k-claimant"), ("diagnoses", "k-clinical"), ("surgeries", "k-clinical"),
-         ("prior_treatments", "k-clinical"), ("case_outcome", "k-decision")]
 _env = Environment(loader=PackageLoader("imr_llm", "templates"), autoescape=select_autoescape(["html"]))
-
-
-def kind_of(field: str) -> str:
-    leaf = field.split(".")[-1].split("[")[0]
-    top = field.split(".")[0].split("[")[0]
-    if "date" in leaf:
-        return "k-date"
-    for key, cls in KINDS:
-        if leaf.startswith(key) or top.startswith(key):
-            return cls
-    return "k-other"
 
 
 def selection(params) -> Filters:
@@ -76,23 +59,6 @@ def selection(params) -> Filters:
             else:
                 f.add(Cond(field_, (v,)))
     return f
-
-
-def letter_segments(text: str, evidence: list[dict]) -> list[dict]:
-    """The text cut where evidence spans start and end; each piece with its offset and the
-    innermost value covering it (rationales and summaries are too long to colour)."""
-    spans = [(i, e) for i, e in enumerate(evidence) if e.get("status") != "not_found" and e.get("start") is not None
-             and not e["field"].endswith(("rationale", "clinical_summary"))]
-    bounds = sorted({0, len(text)} | {e["start"] for _, e in spans} | {e["end"] for _, e in spans})
-    segs = []
-    for a, b in zip(bounds, bounds[1:]):
-        cover = [(i, e) for i, e in spans if e["start"] <= a and e["end"] >= b]
-        seg = {"start": a, "text": text[a:b]}
-        if cover:
-            i, e = min(cover, key=lambda x: x[1]["end"] - x[1]["start"])
-            seg.update(ev=i, cls=kind_of(e["field"]), title=e["field"], first=e["start"] == a)
-        segs.append(seg)
-    return segs
 
 
 def create_app(data_dir: Path, token: str | None = None) -> Starlette:
@@ -229,7 +195,12 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
         svg = charts.overturn_by_category(res) if name == "category" else charts.items_by_month(res)
         return Response(svg, media_type="image/svg+xml")
 
-    routes = [Route("/", home), Route("/letters/{letter_id:str}", letter), Route("/ask", ask_page),
+    async def kinds_css(request: Request) -> Response:  # the value colours, shared with the eval report
+        from .highlight import CSS
+
+        return Response(CSS, media_type="text/css")
+
+    routes = [Route("/kinds.css", kinds_css), Route("/", home), Route("/letters/{letter_id:str}", letter), Route("/ask", ask_page),
               Route("/export.{kind:str}", export), Route("/chart/{name:str}.svg", chart),
               Mount("/static", StaticFiles(packages=[("imr_llm", "static")]), name="static")]
 
