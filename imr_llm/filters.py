@@ -9,7 +9,9 @@ cannot disagree. ``sentence`` states the reading in plain words: every answer sh
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Iterable
 
 import numpy as np
@@ -97,6 +99,21 @@ class Cond:
     def __post_init__(self) -> None:
         if self.field not in FIELDS:
             raise FilterError(f"unknown filter field {self.field!r}; fields: {', '.join(FIELDS)}")
+        kind = FIELDS[self.field].kind
+        if kind in ("int", "date") and self.values:  # quantity=5, decision_date=2017-01-05: that one value
+            if len(self.values) != 1:
+                raise FilterError(f"{self.field}: give one value or a range")
+            v = str(self.values[0])
+            try:
+                v = int(v) if kind == "int" else date.fromisoformat(v).isoformat()
+            except ValueError:
+                raise FilterError(f"{self.field}: {v!r} is not {'a whole number' if kind == 'int' else 'a date (YYYY-MM-DD)'}") from None
+            self.lo = self.hi = v
+            self.values = ()
+        if kind in ("text", "set", "contains") and not self.values:
+            raise FilterError(f"{self.field}: needs a value")
+        if kind in ("int", "date") and self.lo is None and self.hi is None:
+            raise FilterError(f"{self.field}: needs a value or a range")
         self.values = tuple(canonical_value(self.field, str(v)) for v in self.values)
 
     @property
@@ -131,8 +148,8 @@ class Cond:
             expr, args = f"lower(coalesce({col}, '')) IN ({','.join('?' * len(self.values))})", [v.lower() for v in self.values]
         elif k in ("set", "contains"):
             pat = "%|{}|%" if k == "set" else "%{}%"
-            expr = "(" + " OR ".join(f"lower(coalesce({col}, '')) LIKE ?" for _ in self.values) + ")"
-            args = [pat.format(v.lower()) for v in self.values]
+            expr = "(" + " OR ".join(f"lower(coalesce({col}, '')) LIKE ? ESCAPE '\\'" for _ in self.values) + ")"
+            args = [pat.format(re.sub(r"([\\%_])", r"\\\1", v.lower())) for v in self.values]  # "_" and "%" are literal
         else:
             parts, args = [f"nullif({col}, '') IS NOT NULL"], []
             if self.lo is not None:

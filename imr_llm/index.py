@@ -559,6 +559,10 @@ class Rebuild:
         for stale in data_dir.glob("index.rebuild-*"):  # left by a killed rebuild
             if not pid_alive(stale.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(stale, ignore_errors=True)
+        if not final.exists():  # a rebuild killed between its two renames: the previous index comes back
+            olds = sorted(data_dir.glob("index.old-*"), key=lambda p: p.stat().st_mtime)
+            if olds:
+                olds[-1].rename(final)
         self.new_dir = data_dir / f"index.rebuild-{os.getpid()}"
         shutil.rmtree(self.new_dir, ignore_errors=True)
         self.index = Index(data_dir, embedder=embedder or emb.spec_from_env(), create=True, folder=self.new_dir)

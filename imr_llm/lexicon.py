@@ -206,7 +206,7 @@ _QTY_PATTERNS = [
     # "Eight (8) Additional ..." / "Twelve additional ..." / "6 Physical therapy ..."
     re.compile(rf"^\s*(?:(?:retrospective|prospective|request\s+for|additional)\s+)*(?P<w>{_NUM})\b(?:\s*\((?P<d>\d+)\))?(?!\s*(?:mg|mcg|%|/|-(?:level|day|week)|times?\b|x\b|to\s+\d))", re.IGNORECASE),
     # "2x6" / "2 x 6" (times per week x weeks)
-    re.compile(r"\b(?P<a>\d+)\s*[xX]\s*(?P<b>\d+)\b(?!\s*(?:mg|mcg))"),
+    re.compile(r"\b(?<!-)(?P<a>\d+)\s*[xX]\s*(?P<b>\d+)\b(?!\s*(?:mg|mcg))"),  # not "L4-5 x 2"
     # "... 12 sessions" / "(12) visits"
     None,  # frequency x duration ("2 times a week for 6 weeks", "two times four visits"): _freq_total
     re.compile(rf"\(?\b(?P<w>{_NUM})\)?(?!\s*(?:times?|x)\b)\s+(?:additional\s+|more\s+|further\s+|post-?operative\s+|initial\s+)?(?:\w+\s+){{0,3}}?(?:sessions?|visits?|treatments?)\b", re.IGNORECASE),
@@ -246,7 +246,7 @@ def quantity(request: str) -> tuple[int, int, int] | None:
 # "N times a week for K weeks", "N to M times per week x K weeks", "N times weekly for K weeks",
 # "twice a week for K weeks", "N times a week times K weeks", "2 times 6" (times per week x weeks)
 def _per(k: str = "") -> str:
-    return rf"(?P<lo{k}>{_NUM})(?:\s*(?:to|-)\s*(?P<hi{k}>{_NUM}))?\s*(?:x|times?)"
+    return rf"(?<!-)(?P<lo{k}>{_NUM})(?:\s*(?:to|-)\s*(?P<hi{k}>{_NUM}))?\s*(?:x|times?)"
 
 
 
@@ -281,8 +281,8 @@ def _freq_total(request: str) -> tuple[int, int, int] | None:
 _FREQ = re.compile(
     rf"\b(?:{_NUM}(?:\s*(?:to|-)\s*{_NUM})?\s+times?|once|twice)\s+(?:a|per|each)\s+(?:day|week|month)(?:\s*,?\s+(?:for|x|times)\s+{_NUM}\s+(?:days?|weeks?|months?))?"
     rf"|\b{_NUM}(?:\s*(?:to|-)\s*{_NUM})?\s*(?:x|times)\s*(?:a\s+)?(?:weekly|per\s+week|a\s+week|/\s*week|/\s*wk)(?:\s*,?\s*(?:for|x|times)\s*{_NUM}\s*(?:weeks?|wks?))?"
-    r"|\b\d+\s*[xX]\s*\d+\b(?!\s*(?:mg|mcg))"
-    rf"|\b{_NUM}\s+times\s+{_NUM}\b(?!\s*(?:mg|mcg|%|/|weeks?|days?|months?|times?))"
+    r"|\b(?<!-)\d+\s*[xX]\s*\d+\b(?!\s*(?:mg|mcg))"
+    rf"|\b(?<!-){_NUM}\s+times\s+{_NUM}\b(?!\s*(?:mg|mcg|%|/|weeks?|days?|months?|times?))"
     r"|\b(?:once|twice|three times)\s+(?:daily|weekly|monthly)|^\s*daily\b"
     r"|\b(?:every|q)\s*\d+\s*(?:-\s*\d+\s*)?(?:hours?|hrs?|h)\b|\b(?:b\.?i\.?d|t\.?i\.?d|q\.?i\.?d|q\.?d|p\.?r\.?n)\b\.?",
     re.IGNORECASE,

@@ -122,7 +122,9 @@ _REVIEWER_CTX = re.compile(r"\b(?:reviewers?|reviewed|decided|decisions?\s+(?:by
 
 _MONTHS = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
 _YEAR = r"(?:19|20)\d{2}"
-_NUMW = r"(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)"
+# longest first and a word end, so "sixty" is never read as "six"
+_NUMW = r"(?:\d+|" + "|".join(sorted("one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty "
+                                     "sixty seventy eighty ninety".split(), key=len, reverse=True)) + r")\b"
 
 _STOP = set("""a an the of in on at to for from by with and or as is are was were be been being do does did has have had
 how many much which what who whom whose why when where that this these those there their its it they them me my i we our you
@@ -449,6 +451,8 @@ def _dates(text: str, marks: _Marks, f: Filters, latest: str | None) -> None:
         if mon is None:
             return f"{y}-01-01", f"{y}-12-31"
         mo = _month_no(mon)
+        if latest and yr == latest[:4] and mo > int(latest[5:7]) and not re.search(re.escape(yr), text):
+            y -= 1  # "in December" with no year: the last December on or before the newest decision
         return f"{y}-{mo:02d}-01", f"{y}-{mo:02d}-{calendar.monthrange(y, mo)[1]:02d}"
 
     for m in re.finditer(rf"\bbetween\s+(?P<m1>{M})?\s*(?P<y1>{Y})?\s+and\s+(?P<m2>{M})?\s*(?P<y2>{Y})?\b", text, I):
@@ -482,6 +486,17 @@ def _dates(text: str, marks: _Marks, f: Filters, latest: str | None) -> None:
                     yy, mm = (yy - 1, 12) if mm == 1 else (yy, mm - 1)
                 lo, hi = f"{yy}-{mm:02d}-01", f"{yy}-{mm:02d}-{calendar.monthrange(yy, mm)[1]:02d}"
             spans.append((m.start(), m.end(), lo, hi))
+    # "in 2020 or 2021", "in January or February 2017": one condition covering both periods
+    spans.sort()
+    merged: list[tuple[int, int, str | None, str | None]] = []
+    for sp in spans:
+        if (merged and merged[-1][2] and merged[-1][3] and sp[2] and sp[3]
+                and re.fullmatch(r"\s*(?:,|or|and|/|,\s*or|,\s*and)\s*(?:in\s+|during\s+)?", text[merged[-1][1]:sp[0]], I)):
+            a = merged[-1]
+            merged[-1] = (a[0], sp[1], min(a[2], sp[2]), max(a[3], sp[3]))
+        else:
+            merged.append(sp)
+    spans = merged
     for s, e, lo, hi in spans:
         if marks.free(s, e):
             neg, ns = _negated(text, s)
@@ -503,7 +518,10 @@ def _prev_day(iso: str) -> str:
 
 def _minus_year(iso: str) -> str:
     d = date.fromisoformat(iso)
-    return d.replace(year=d.year - 1, day=min(d.day, 28)).isoformat()
+    try:
+        return d.replace(year=d.year - 1).isoformat()
+    except ValueError:  # 29 February
+        return d.replace(year=d.year - 1, day=28).isoformat()
 
 
 def _drug_classes(text: str, marks: _Marks, f: Filters) -> None:

@@ -315,7 +315,7 @@ def _split_partial(text: str, item: ParsedItem) -> None:
     def sp(g: str) -> Span | None:
         return Span.of(text, req.start + m.start(g), req.start + m.end(g)) if m.group(g) else None
     disputed = sp("disp")
-    if disputed is None:
+    if disputed is None or disputed.text.lower() in ("is", "are"):
         return
     item.original, item.authorized, item.request = sp("orig"), sp("auth"), disputed
 

@@ -96,7 +96,7 @@ def compute(store, by: list[str], f: Filters | None = None, facets: dict | None 
         total.add(lid, cite, item, dec)
         keys: list[tuple] = [()]
         for b, v in zip(by, r[4:]):
-            vals = [x for x in (v or "").strip("|").split("|") if x] if GROUPS[b][1] else [v]
+            vals = list(dict.fromkeys(x for x in (v or "").strip("|").split("|") if x)) if GROUPS[b][1] else [v]
             vals = vals or [None]
             keys = [k + (x,) for k in keys for x in vals]
         for k in keys:

@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .filters import Cond, FilterError, Filters
+from .filters import FIELDS, Cond, FilterError, Filters
 from .highlight import kind_of, letter_segments
 from .index import Index
 from .models import CSV_COLUMNS, DecisionRecord, csv_rows
@@ -61,7 +61,12 @@ def selection(params) -> Filters:
     return f
 
 
-def create_app(data_dir: Path, token: str | None = None) -> Starlette:
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None = None) -> Starlette:
+    """``hosts``: the Host headers answered (DNS rebinding: a web page must not reach this app
+    under its own name); loopback names by default, plus the --host given to `imr serve`."""
     from .stats import load_facets
 
     loaded: dict = {}
@@ -115,6 +120,9 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
         for name in FACETS:
             counts = all_counts.get(name, {})
             chosen = set(request.query_params.getlist(name))
+            vocab = FIELDS[FACETS[name][0]].values if FACETS[name][0] in FIELDS else None
+            if vocab is not None:  # outcome words outside the vocabulary ("Withdrawn") are counted, not offered as links
+                counts = {v: n for v, n in counts.items() if v in vocab}
             facets_out[name] = [{"value": v, "count": n, "on": v in chosen,
                              "href": "/?" + _toggle(request.query_params, name, v)}
                             for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:30]]
@@ -155,6 +163,8 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
 
     async def export(request: Request) -> Response:
         kind = request.path_params["kind"]
+        if kind not in ("csv", "jsonl"):
+            return not_found("Downloads are export.csv and export.jsonl.")
         try:
             f = selection(request.query_params)
         except (FilterError, ValueError) as e:
@@ -215,7 +225,10 @@ def create_app(data_dir: Path, token: str | None = None) -> Starlette:
 
     from starlette.exceptions import HTTPException
 
-    app = Starlette(routes=routes, middleware=[Middleware(Guard, token=token)],
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    allowed = list(dict.fromkeys(LOOPBACK_HOSTS + list(hosts or [])))
+    app = Starlette(routes=routes, middleware=[Middleware(Guard, token=token), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],
                     exception_handlers={HTTPException: on_error, Exception: on_error})
     return app
 
@@ -244,7 +257,7 @@ class Guard:
         if self.token:
             given = (req.query_params.get("token") or req.cookies.get("imr_token")
                      or req.headers.get("authorization", "").removeprefix("Bearer ").strip())
-            if not given or not hmac.compare_digest(given, self.token):
+            if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
                 resp = PlainTextResponse("401: this imr page needs its token (IMR_SERVE_TOKEN)", 401)
                 await _secure(resp)(scope, receive, send)
                 return

@@ -45,7 +45,7 @@ def client(data_dir, token=None):
 
     from imr_llm.web import create_app
 
-    return TestClient(create_app(data_dir, token))
+    return TestClient(create_app(data_dir, token), base_url="http://127.0.0.1")
 
 
 def test_routes_404s_token_and_headers(data):
@@ -56,6 +56,12 @@ def test_routes_404s_token_and_headers(data):
     assert c.get("/letters/nope").status_code == 404
     assert c.get("/letters/..%2F..%2Fetc%2Fpasswd").status_code == 404
     assert c.get("/no/such/route").status_code == 404
+    assert c.get("/export.html").status_code == 404
+    # DNS rebinding: a page served under another name must not reach the records
+    from starlette.testclient import TestClient
+
+    from imr_llm.web import create_app
+    assert TestClient(create_app(data), base_url="http://evil.example").get("/export.jsonl").status_code == 400
     assert c.get("/?decision=Maybe").status_code == 400
     r = c.get("/letters/r015_CM16-0233904")
     assert r.status_code == 200 and "Baclofen 100mg #3" in r.text and 'id="ev-' in r.text

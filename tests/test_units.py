@@ -172,3 +172,22 @@ def test_import_contracts():
     res = subprocess.run([exe], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "2 kept, 0 broken" in res.stdout
+
+
+def test_review_findings_stay_fixed():
+    """Found by review: number words, date alternatives, a month without its year, scalar ranges,
+    LIKE wildcards, spinal levels read as frequencies."""
+    from imr_llm.filters import Cond, Filters
+    from imr_llm.question import read
+
+    assert read("How many claimants over sixty?").filters.conds[0].lo == 61
+    c = read("How many requests were overturned in 2016 or 2017?", "2017-02-28").filters.get("decision_date")
+    assert (c.lo, c.hi) == ("2016-01-01", "2017-12-31")
+    c = read("How many requests were decided in December?", "2017-02-28").filters.get("decision_date")
+    assert (c.lo, c.hi) == ("2016-12-01", "2016-12-31")
+    f = Filters.of(quantity="5")
+    assert f.match({"quantity": 5}) and not f.match({"quantity": 6})
+    where, args = Filters.of(specialty="physical_medicine").sql()
+    assert args == ["%physical\\_medicine%"] and "ESCAPE" in where
+    assert not Filters.of(specialty="physical_medicine").match({"specialties": "|Physical Medicine|"})
+    assert lx.quantity("ESI L4-5 times 2")[0] == 2 and lx.frequency("ESI at L4-5 x 2") is None

@@ -33,4 +33,4 @@ def serve(
     if not loopback and not token:
         die(f"--host {host}: these are medical records; serving beyond this machine needs IMR_SERVE_TOKEN (every request must carry it)")
     notice(f"serving {data_dir} on http://{host}:{port}/" + (" (token required: open /?token=...)" if token else ""))
-    uvicorn.run(create_app(data_dir, token), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(data_dir, token, hosts=[host]), host=host, port=port, log_level="warning")
