@@ -52,7 +52,7 @@ def main() -> None:
         gold.update(letter_id=stem, _checked="synthetic: gold from the letter's construction parameters (imr_llm/bench/corpus.py); spot-checked by hand",
                     synthetic=True)
         if name in PDF:
-            from tests.pdfs import text_pdf  # fpdf2 writer, also used by the tests
+            from imr_llm.bench.pdfs import text_pdf  # fpdf2 writer, also used by the tests
 
             text_pdf(text, letters / f"{stem}.pdf")
         else:

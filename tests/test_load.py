@@ -5,7 +5,7 @@ import pytest
 
 from imr_llm.load import LetterError, expand_inputs, normalize, read_letter
 
-from .pdfs import image_only_pdf, locked_pdf, text_pdf
+from imr_llm.bench.pdfs import image_only_pdf, locked_pdf, text_pdf
 
 
 def test_normalize_maps_every_word_back():

@@ -18,7 +18,7 @@ from imr_llm.bench.corpus import build, write_corpus
 from imr_llm.cli import app
 
 from .conftest import LETTERS, ROOT
-from .pdfs import image_only_pdf, locked_pdf, text_pdf
+from imr_llm.bench.pdfs import image_only_pdf, locked_pdf, text_pdf
 
 runner = CliRunner()
 SEED = LETTERS / "001_21c8226c7447611c.txt"
