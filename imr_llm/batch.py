@@ -12,7 +12,6 @@ import csv
 import hashlib
 import json
 import os
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -378,19 +377,6 @@ def progress_callback(total: int):
         prog.update(task, advance=1, rate=f"{done / el:.1f}" if el > 0 else "-")
 
     return cb, prog.stop
-
-
-def print_errors_hint(errors: list[str]) -> None:
-    for e in errors:
-        print(f"error: {e}", file=sys.stderr)
-
-
-def to_jsonable(t: Totals) -> dict:
-    return {k: v for k, v in t.__dict__.items()}
-
-
-def dumps(x: dict) -> str:
-    return json.dumps(x, indent=2)
 
 
 # --- several processes ---------------------------------------------------------------------------

@@ -96,8 +96,8 @@ def context_for(rec: DecisionRecord, item_index: int) -> str:
 def chunks_for(rec: DecisionRecord, budget: int = BUDGET) -> list[Chunk]:
     out: list[Chunk] = []
     targets = [(i, f"items[{i}].rationale") for i in range(len(rec.items))] + [(-1, "clinical_summary")]
-    for item_index, field in targets:
-        ev = _ev(rec, field)
+    for item_index, path in targets:
+        ev = _ev(rec, path)
         if ev is None:
             continue
         ctx = context_for(rec, item_index)

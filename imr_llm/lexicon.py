@@ -90,7 +90,6 @@ CATEGORY_ENTRIES = [
                 r"assistant\s+surgeon|co-?surgeon|\bimplant\w*|hardware\s+removal"),
     ("consultation", r"consult\w*|referral|evaluation|\beval\b|follow[- ]?up|office\s+visits?|specialist|second\s+opinion|\bvisits?\b"),
 ]
-CATEGORIES = CATEGORY_ENTRIES  # kept name: (category, pattern) pairs, first matching entry wins
 CATEGORY_NAMES = list(dict.fromkeys(c for c, _ in CATEGORY_ENTRIES)) + ["other"]
 _CATEGORY_RES = [(c, re.compile(p, re.IGNORECASE)) for c, p in CATEGORY_ENTRIES]
 _CATEGORY_ANY = re.compile("|".join(f"(?P<c{i}>{p})" for i, (_, p) in enumerate(CATEGORY_ENTRIES)), re.IGNORECASE)
@@ -149,11 +148,6 @@ def category_from_guideline(text: str) -> tuple[str, int, int] | None:
             if h:
                 return cat, m.start("v") + h.start(), m.start("v") + h.end()
     return None
-
-
-def category_supported(category: str, quote: str) -> bool:
-    """True when ``quote`` contains a lexicon term of ``category`` (``other`` always passes)."""
-    return category == "other" or any(c == category and rx.search(quote) for c, rx in _CATEGORY_RES)
 
 
 # --- body regions -------------------------------------------------------------------------------
@@ -424,7 +418,6 @@ _REASON_HINTS = {
     "insufficient_documentation": ("document", "outlined", "discussed", "submitted", "clear", "progress note", "fail", "established", "demonstrated"),
 }
 
-APPROVAL = re.compile(r"\bis\s+medically\s+necessary\b|\bwas/is\s+medically\s+necessary|\bmedically\s+necessary\s+and\s+appropriate\b(?<!not medically necessary and appropriate)", re.IGNORECASE)
 
 
 _SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+|$)")

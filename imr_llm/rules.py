@@ -1,7 +1,7 @@
 """Facts the template states plainly, read deterministically from the parsed layout.
 
-Each ``Fact`` carries its span in the normalised text; ``ground.build_record`` turns facts into the
-record plus evidence. The LLM layer proposes more facts of the same shape (without spans).
+Each ``Fact`` carries its span in the normalised text; ``ground.Assembler`` (driven by
+``extract.assemble``) turns facts into the record plus evidence. The LLM layer proposes more facts of the same shape (without spans).
 """
 from __future__ import annotations
 

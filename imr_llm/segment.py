@@ -49,7 +49,6 @@ class Layout:
     specialties: list[Span] = field(default_factory=list)
     license_states: list[Span] = field(default_factory=list)
     summary: Span | None = None
-    issues_start: int | None = None
     items: list[ParsedItem] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # why it is not a usable letter
@@ -131,7 +130,6 @@ def parse(text: str) -> Layout:
     intro = ISSUES_INTRO.match(text, start)
     if intro:
         start = intro.end()
-    lay.issues_start = start
     _parse_items(text, start, lay)
     return lay
 
