@@ -26,8 +26,8 @@ from .extract import (PROMPT_VERSION, UNKNOWN_PROMPT_VERSION, FreeItems, LLMExtr
                       free_items_model, response_model, unknown_layout_messages)
 from .llm import CURRENT, LLMError, Provider, Tally, cost
 from .load import LetterError, read_bytes, read_letter
-from .procs import pid_alive
-from .models import CSV_COLUMNS, SCHEMA_VERSION, DecisionRecord, Usage, csv_rows
+from .procs import remove_stale
+from .models import CSV_COLUMNS, SCHEMA_VERSION, DecisionRecord, Usage, csv_rows, output_line
 
 NO_MODEL_NOTICE = (
     "No model configured: extracting with the layout parser and rules only; fields that need a model "
@@ -60,7 +60,7 @@ class Outcome:
 def summarize(rec: DecisionRecord) -> tuple[str, dict]:
     """The output line of a record and what the batch needs to know about it."""
     u = rec.usage
-    line = rec.model_dump_json(exclude={"usage": {"cached"}})
+    line = output_line(rec)
     meta = {"letter_id": rec.letter_id, "sha256": rec.sha256, "calls": u.calls, "in": u.input_tokens, "out": u.output_tokens,
             "retry": u.retry_tokens, "cost": u.cost_usd, "flagged": any(not f.startswith("input:") for f in rec.flags),
             "csv": csv_rows(rec)}
@@ -203,9 +203,7 @@ class AtomicWriter:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
-            if not pid_alive(stale.name.rsplit("-", 1)[-1]):
-                stale.unlink(missing_ok=True)
+        remove_stale(path.parent, f".{path.name}.tmp-*")  # left by a killed run
         self.f = open(self.tmp, "w", encoding="utf-8", newline="")
 
     def commit(self) -> None:
@@ -434,9 +432,7 @@ def run_parallel(paths: list[str], s: Settings, out: Path, csv_path: Path | None
     progress = ctx.Value("i", 0)
     import shutil
 
-    for stale in out.parent.glob(f".{out.name}.shards-*"):  # left by a run killed with -9
-        if not pid_alive(stale.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(out.parent, f".{out.name}.shards-*")  # left by a run killed with -9
     tmpdir = out.parent / f".{out.name}.shards-{os.getpid()}"
     tmpdir.mkdir(parents=True, exist_ok=True)
     shards = [str(tmpdir / f"shard{k}.jsonl") for k in range(workers)]

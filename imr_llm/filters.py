@@ -210,6 +210,19 @@ class Filters:
                 f.add(Cond(name, (v,)))
         return f
 
+    @classmethod
+    def parse(cls, text: str | None) -> "Filters":
+        """``key=value,key=value`` (the --filter option of ask and stats); one condition per pair."""
+        f = cls()
+        for part in (text or "").split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise FilterError(f"--filter {part!r}: use key=value")
+            key, val = (x.strip() for x in part.split("=", 1))
+            f = f.merged(cls.of(**{key: val}))
+        return f
+
     def add(self, c: Cond) -> None:
         if c not in self.conds:
             self.conds.append(c)

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 
 from . import embed as emb
 from .config import env
-from .procs import pid_alive
+from .procs import remove_stale
 from .chunk import Chunk, chunks_for
 from .filters import COLUMNS, Filters, row_values, write_facets
 from .models import SCHEMA_VERSION, DecisionRecord
@@ -556,9 +556,7 @@ class Rebuild:
         check_chroma_server()
         self.data_dir = data_dir
         final = index_dir(data_dir)
-        for stale in data_dir.glob("index.rebuild-*"):  # left by a killed rebuild
-            if not pid_alive(stale.name.rsplit("-", 1)[-1]):
-                shutil.rmtree(stale, ignore_errors=True)
+        remove_stale(data_dir, "index.rebuild-*")  # left by a killed rebuild
         if not final.exists():  # a rebuild killed between its two renames: the previous index comes back
             olds = sorted(data_dir.glob("index.old-*"), key=lambda p: p.stat().st_mtime)
             if olds:

@@ -144,6 +144,11 @@ CSV_COLUMNS = [
 ]
 
 
+def output_line(rec: DecisionRecord) -> str:
+    """The JSONL line of a record, as `imr extract` writes it (and the page's download)."""
+    return rec.model_dump_json(exclude={"usage": {"cached"}})
+
+
 def csv_rows(rec: DecisionRecord) -> list[dict]:
     """One flat row per disputed item, lists joined with '; '."""
     j = "; ".join

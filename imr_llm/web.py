@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from .filters import FIELDS, Cond, FilterError, Filters
 from .highlight import kind_of, letter_segments
 from .index import Index
-from .models import CSV_COLUMNS, DecisionRecord, csv_rows
+from .models import CSV_COLUMNS, DecisionRecord, csv_rows, output_line
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -184,7 +184,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
             if w:  # the rows `imr extract --csv` writes, for the selected items
                 w.writerows(r for r in csv_rows(rec) if r["item_index"] in chosen[rec.letter_id])
             else:  # the lines `imr extract` writes, for letters with a selected item
-                out.write(rec.model_dump_json(exclude={"usage": {"cached"}}) + "\n")
+                out.write(output_line(rec) + "\n")
         media = "text/csv" if kind == "csv" else "application/x-ndjson"
         return Response(out.getvalue(), media_type=media,
                         headers={"content-disposition": f'attachment; filename="imr-selection.{kind}"'})

@@ -39,14 +39,7 @@ def ask(
     try:
         f = Filters.of(decision=decision, category=category, region=region, drug_class=drug_class,
                        after_surgery=(after_surgery and not fusion) or None, fusion=fusion or None,
-                       licensed_outside_ca=outside_ca or None, partial=partial or None)
-        for part in (filter_ or "").split(","):
-            if not part.strip():
-                continue
-            if "=" not in part:
-                die(f"--filter {part!r}: use key=value")
-            key, val = (x.strip() for x in part.split("=", 1))
-            f = f.merged(Filters.of(**{key: val}))
+                       licensed_outside_ca=outside_ca or None, partial=partial or None).merged(Filters.parse(filter_))
     except FilterError as e:
         die(str(e))
     try:

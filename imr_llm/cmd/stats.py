@@ -39,12 +39,7 @@ def stats(
         if query:
             r = read(query, latest_decision(idx))
             f, unused = r.filters, r.unused
-        for part in (filter_ or "").split(","):
-            if part.strip():
-                if "=" not in part:
-                    die(f"--filter {part!r}: use key=value")
-                k, v = (x.strip() for x in part.split("=", 1))
-                f = f.merged(Filters.of(**{k: v}))
+        f = f.merged(Filters.parse(filter_))
         res = compute(idx.store, by, f, load_facets(idx.dir))
     except (IndexError_, FilterError, ValueError) as e:
         die(str(e))
