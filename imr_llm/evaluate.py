@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models import DecisionRecord
+from .core.models import DecisionRecord
 
 SCALARS = ["case_number", "date_assigned", "date_of_injury", "decision_date", "ur_denial_date", "application_received",
            "priority", "claimant.age", "claimant.sex"]
@@ -145,9 +145,9 @@ def letters_of(suite: Path, gold: dict[str, dict], only: str | None = None) -> l
 
 
 def run_extraction(suite: Path, s, concurrency: int = 8, only: str | None = None) -> SuiteResult:
-    from . import batch
-    from .llm import Provider
-    from .load import read_letter
+    from .run import runner as batch
+    from .providers.llm import Provider
+    from .core.load import read_letter
 
     gold = load_gold(suite)
     paths = letters_of(suite, gold, only)
@@ -194,8 +194,8 @@ def run_extraction(suite: Path, s, concurrency: int = 8, only: str | None = None
         "decision_accuracy": round(dec_ok / dec_n, 4) if dec_n else None,
         "grounded_share": round(found / (found + dropped), 4) if found + dropped else 1.0,
         "values_kept": found, "values_dropped": dropped,
-        "llm_calls": totals.calls, "input_tokens": totals.input_tokens, "output_tokens": totals.output_tokens,
-        "retry_tokens": totals.retry_tokens, "cost_usd": totals.cost_usd,
+        "llm_calls": totals.usage.calls, "input_tokens": totals.usage.input_tokens, "output_tokens": totals.usage.output_tokens,
+        "retry_tokens": totals.usage.retry_tokens, "cost_usd": totals.usage.cost_usd,
         "groups": {g: _group_report(by_group[g], dec_by_group[g], sum(1 for p in paths if group_of(gold[p.stem]) == g))
                    for g in GROUPS if by_group[g]},
         "mismatches": mism,
@@ -233,14 +233,14 @@ def check_thresholds(report: dict, rules: list[str]) -> list[str]:
 # --- question answering ---------------------------------------------------------------------------
 
 def run_qa(suite: Path, s, k: int = 6) -> dict:
-    from .answer import ask
+    from .query.answer import ask
     from .index import rebuild
 
     sr = run_extraction(suite, s)
     idx, _ = rebuild(s.data_dir / "eval-index", None, (DecisionRecord.model_validate(r) for r in sr.records))
     provider = None
     if s.provider != "none":
-        from .llm import Provider
+        from .providers.llm import Provider
 
         provider = Provider(s)
     rows = []
@@ -265,7 +265,7 @@ def run_qa(suite: Path, s, k: int = 6) -> dict:
             blob = re.sub(r"\s+", " ", blob)
             row["fact_coverage"] = round(sum(1 for f in facts if f.lower() in blob) / len(facts), 4)
         if res.mode == "why" and res.citations:  # do quotes carry the decision (this case's reasons) or restate a guideline?
-            from .lexicon import sentence_role
+            from .core.lexicon import sentence_role
 
             roles = [sentence_role(c.quote) for c in res.citations]
             row["decisive_share"] = round(sum(r in ("case", "conclusion") for r in roles) / len(roles), 4)
@@ -307,8 +307,8 @@ def _ns(x: Any) -> Any:
 
 def gold_rows(gold: dict[str, dict]) -> tuple[list[dict], set[str]]:
     """One filter row per gold item, and the fields some gold file lacks (counts needing them are not scored)."""
-    from .dwc import case_outcome
-    from .filters import row_values
+    from .core.dwc import case_outcome
+    from .core.filters import row_values
 
     rows, missing = [], set()
     for lid, g in gold.items():
@@ -331,9 +331,9 @@ def gold_rows(gold: dict[str, dict]) -> tuple[list[dict], set[str]]:
 def run_reading(suite: Path, idx) -> dict:
     """Each question of ``reading.jsonl``: is it read as expected (mode, filters, refusal), and is the
     count the tool gives (from the extracted records) the count the gold records give?"""
-    from .answer import ask, latest_decision
-    from .filters import Cond, Filters
-    from .question import read
+    from .query.answer import ask, latest_decision
+    from .core.filters import Cond, Filters
+    from .core.question import read
 
     gold = load_gold(suite)
     rows_gold, missing = gold_rows(gold)
@@ -374,7 +374,7 @@ def run_reading(suite: Path, idx) -> dict:
 # --- HTML ---------------------------------------------------------------------------------------------
 
 def html_report(sr: SuiteResult, path: Path) -> None:
-    from .highlight import CSS, to_html
+    from .page.highlight import CSS, to_html
 
     r = sr.report
     bars = []

@@ -71,7 +71,7 @@ def local_model():
     try:
         import llama_cpp  # noqa: F401
 
-        from imr_llm import localmodel
+        from imr_llm.providers import localmodel
 
         return localmodel.install()
     except Exception as e:  # noqa: BLE001

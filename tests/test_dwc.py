@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from imr_llm import dwc
-from imr_llm.drugs import DRUGS
-from imr_llm.lexicon import CATEGORY_NAMES
+from imr_llm.core import dwc
+from imr_llm.core.drugs import DRUGS
+from imr_llm.core.lexicon import CATEGORY_NAMES
 
 from .conftest import LETTERS
 from .test_real_letters import REAL, record
@@ -43,7 +43,7 @@ def test_every_category_of_ours_has_a_dwc_category_and_subcategories_come_from_d
     ("medication", "Norco 10/325mg #60", ("Pharmaceuticals", "Opioids")),
 ])
 def test_subcategories(cat, request_, want):
-    from imr_llm.drugs import classify
+    from imr_llm.core.drugs import classify
 
     d = classify(request_)
     assert dwc.classify(cat, request_, d[2] if d else None)[:2] == want
@@ -59,7 +59,7 @@ def test_case_outcome_and_specialties():
 
 
 def test_every_real_item_has_dwc_category_and_subcategory_with_evidence():
-    from imr_llm.ground import check_evidence, ungrounded_values
+    from imr_llm.core.ground import check_evidence, ungrounded_values
 
     outcomes = set()
     for p in REAL:

@@ -5,9 +5,10 @@ The LLMExtraction objects here are *inputs* shaped like real small-model mistake
 """
 from __future__ import annotations
 
-from imr_llm.extract import LLMExtraction, LLMItem, LLMReason, LLMSurgery, analyse, assemble
-from imr_llm.ground import check_evidence, locate
-from imr_llm.load import read_letter
+from imr_llm.extract.answers import LLMExtraction, LLMItem, LLMReason, LLMSurgery
+from imr_llm.extract.assemble import analyse, assemble
+from imr_llm.core.ground import check_evidence, locate
+from imr_llm.core.load import read_letter
 
 
 def X(**kw) -> LLMExtraction:

@@ -105,7 +105,7 @@ def test_same_file_name_in_two_folders_and_identical_copies(tmp_path):
 
 
 def _r005() -> str:
-    from imr_llm.load import read_letter
+    from imr_llm.core.load import read_letter
 
     from .conftest import LETTERS
     return read_letter(LETTERS / "r005_CM16-0228949.pdf").text

@@ -224,9 +224,9 @@ def test_facet_masks_select_exactly_what_the_store_selects(indexed, filters):
 
     import numpy as np
 
-    from imr_llm.filters import Filters
+    from imr_llm.core.filters import Filters
     from imr_llm.index import Index
-    from imr_llm.retrieve import Retriever
+    from imr_llm.query.retrieve import Retriever
 
     f = Filters.of(**filters)
     r = Retriever(Index(indexed, embedder=None))

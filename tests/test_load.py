@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from imr_llm.load import LetterError, expand_inputs, normalize, read_letter
+from imr_llm.core.load import LetterError, expand_inputs, normalize, read_letter
 
 from imr_llm.bench.pdfs import image_only_pdf, locked_pdf, text_pdf
 

@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from imr_llm.cli import app
-from imr_llm.ground import check_evidence, ungrounded_values
-from imr_llm.load import read_letter
-from imr_llm.models import DecisionRecord
+from imr_llm.core.ground import check_evidence, ungrounded_values
+from imr_llm.core.load import read_letter
+from imr_llm.core.models import DecisionRecord
 
 from .conftest import SEEDS
 

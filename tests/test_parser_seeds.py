@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from imr_llm.extract import analyse, assemble
-from imr_llm.ground import check_evidence
-from imr_llm.load import read_letter
+from imr_llm.extract.assemble import analyse, assemble
+from imr_llm.core.ground import check_evidence
+from imr_llm.core.load import read_letter
 
 
 def _rec(path):

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from imr_llm.cli import app
 from imr_llm.config import ConfigError, settings
-from imr_llm.ground import check_evidence, ungrounded_values
-from imr_llm.load import read_letter
-from imr_llm.models import DecisionRecord
+from imr_llm.core.ground import check_evidence, ungrounded_values
+from imr_llm.core.load import read_letter
+from imr_llm.core.models import DecisionRecord
 
 from .conftest import LETTERS, RECORDED
 
@@ -118,8 +118,8 @@ def test_memoized_async_validator_check_still_refuses_async_validators():
     from instructor.v2.validation import async_validators as av
     from pydantic import BaseModel
 
-    from imr_llm.extract import response_model
-    from imr_llm.llm import _memoize_async_validator_check
+    from imr_llm.extract.answers import response_model
+    from imr_llm.providers.llm import _memoize_async_validator_check
 
     _memoize_async_validator_check()
     check = av.reject_async_validators

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from imr_llm.cli import app
-from imr_llm.extract import analyse, assemble
-from imr_llm.ground import check_evidence
-from imr_llm.load import read_letter
+from imr_llm.extract.assemble import analyse, assemble
+from imr_llm.core.ground import check_evidence
+from imr_llm.core.load import read_letter
 
 from .conftest import LETTERS
 

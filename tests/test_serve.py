@@ -43,7 +43,7 @@ def data(tmp_path):
 def client(data_dir, token=None):
     from starlette.testclient import TestClient
 
-    from imr_llm.web import create_app
+    from imr_llm.page.web import create_app
 
     return TestClient(create_app(data_dir, token), base_url="http://127.0.0.1")
 
@@ -60,7 +60,7 @@ def test_routes_404s_token_and_headers(data):
     # DNS rebinding: a page served under another name must not reach the records
     from starlette.testclient import TestClient
 
-    from imr_llm.web import create_app
+    from imr_llm.page.web import create_app
     assert TestClient(create_app(data), base_url="http://evil.example").get("/export.jsonl").status_code == 400
     assert c.get("/?decision=Maybe").status_code == 400
     r = c.get("/letters/r015_CM16-0233904")
@@ -121,7 +121,7 @@ def _browser():
 def live(data):
     import uvicorn
 
-    from imr_llm.web import create_app
+    from imr_llm.page.web import create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imr_llm.cli import app
-from imr_llm.stats import wilson
+from imr_llm.query.stats import wilson
 
 from .test_real_letters import GOLD, REAL
 
@@ -92,9 +92,9 @@ def test_statistical_questions_answer_with_the_exact_table_and_cited_letters(rea
 
 def test_columnar_path_equals_sql_path(real_index):
     """The items.npz path (used at scale) gives exactly what the SQL path gives, examples included."""
-    from imr_llm.filters import Filters
+    from imr_llm.core.filters import Filters
     from imr_llm.index import Index
-    from imr_llm.stats import compute, facet_counts, load_facets
+    from imr_llm.query.stats import compute, facet_counts, load_facets
 
     idx = Index(real_index, embedder=None)
     fz = load_facets(idx.dir)
@@ -110,7 +110,7 @@ def test_columnar_path_equals_sql_path(real_index):
 
 
 def test_precedent_counts_match_the_gold_and_quotes_stand_at_their_offsets(real_index, monkeypatch):
-    from imr_llm.load import read_letter
+    from imr_llm.core.load import read_letter
 
     monkeypatch.setenv("IMR_DATA_DIR", str(real_index))
     res = runner.invoke(app, ["precedent", "Physical therapy 3 times a week for 4 weeks for the lumbar spine", "--json"])

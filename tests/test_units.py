@@ -6,8 +6,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from imr_llm import drugs
-from imr_llm import lexicon as lx
+from imr_llm.core import drugs
+from imr_llm.core import lexicon as lx
 
 
 @pytest.mark.parametrize("text,cat", [
@@ -63,9 +63,9 @@ def test_drug_classes(text, cls, dwc):
 
 
 def test_rule_facts_carry_spans_of_the_words_that_state_them():
-    from imr_llm.load import normalize
-    from imr_llm.rules import rule_facts
-    from imr_llm.segment import parse
+    from imr_llm.core.load import normalize
+    from imr_llm.core.rules import rule_facts
+    from imr_llm.core.segment import parse
 
     from .conftest import SEEDS
 
@@ -79,8 +79,8 @@ def test_rule_facts_carry_spans_of_the_words_that_state_them():
 
 
 def test_chunk_split_respects_the_budget_and_offsets():
-    from imr_llm import tokens
-    from imr_llm.chunk import sentences, split
+    from imr_llm.providers import tokens
+    from imr_llm.index.chunk import sentences, split
 
     text = " ".join(f"Sentence number {i} says the request is not supported by the guideline." for i in range(40))
     parts = split(text, 100, budget=60)
@@ -94,7 +94,7 @@ def test_chunk_split_respects_the_budget_and_offsets():
 
 
 def test_fusion_ranks_by_reciprocal_rank_and_keeps_one_passage_per_letter():
-    from imr_llm.retrieve import fuse
+    from imr_llm.query.retrieve import fuse
 
     rows = {c: {"letter_id": c.split(":")[0]} for c in ("a:0", "a:1", "b:0", "c:0")}
     hits = fuse({"dense": ["a:0", "b:0", "c:0"], "lexical": ["b:0", "a:1", "c:0"]}, rows, k=5)
@@ -105,7 +105,7 @@ def test_fusion_ranks_by_reciprocal_rank_and_keeps_one_passage_per_letter():
 
 
 def test_cache_roundtrip_is_compressed_and_a_damaged_file_is_one_line(tmp_path):
-    from imr_llm.cache import Cache, key
+    from imr_llm.run.cache import Cache, key
 
     c = Cache(tmp_path / "c.sqlite")
     v = {"line": "x" * 5000, "meta": {"n": 1}}
@@ -122,7 +122,7 @@ def test_cache_roundtrip_is_compressed_and_a_damaged_file_is_one_line(tmp_path):
 
 def test_filters_sql_row_check_and_facet_mask_agree(tmp_path):
     """Negation, ranges, alternatives and unknown values give the same rows on the three paths."""
-    from imr_llm.filters import COLUMNS, Cond, Filters, write_facets
+    from imr_llm.core.filters import COLUMNS, Cond, Filters, write_facets
 
     rng = np.random.default_rng(3)
     rows = []
@@ -156,7 +156,7 @@ def test_filters_sql_row_check_and_facet_mask_agree(tmp_path):
         mask = {rows[i]["letter_id"] for i in np.flatnonzero(f.facet_mask(facets))}
         assert sql == py == mask, f.describe()
         assert sql, f.describe()
-    from imr_llm.filters import FilterError
+    from imr_llm.core.filters import FilterError
     with pytest.raises(FilterError, match="valid values"):
         Filters.of(region="moon")
 
@@ -177,8 +177,8 @@ def test_import_contracts():
 def test_review_findings_stay_fixed():
     """Found by review: number words, date alternatives, a month without its year, scalar ranges,
     LIKE wildcards, spinal levels read as frequencies."""
-    from imr_llm.filters import Cond, Filters
-    from imr_llm.question import read
+    from imr_llm.core.filters import Cond, Filters
+    from imr_llm.core.question import read
 
     assert read("How many claimants over sixty?").filters.conds[0].lo == 61
     c = read("How many requests were overturned in 2016 or 2017?", "2017-02-28").filters.get("decision_date")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from imr_llm.extract import FreeItem, FreeItems, analyse, assemble
-from imr_llm.ground import check_evidence, ungrounded_values
-from imr_llm.load import read_letter
+from imr_llm.extract.answers import FreeItem, FreeItems
+from imr_llm.extract.assemble import analyse, assemble
+from imr_llm.core.ground import check_evidence, ungrounded_values
+from imr_llm.core.load import read_letter
 
 LETTER = """MAXIMUS FEDERAL SERVICES, INC.
 Independent Medical Review

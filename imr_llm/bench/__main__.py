@@ -67,9 +67,9 @@ def cmd_serve(a) -> None:
 def bench_parse(corpus: list[Path]) -> dict:
     """One core: (a) read + normalise + layout parse (the target's scope), then (b) the whole offline
     pipeline: also the rules pass, grounding every value and building the record."""
-    from ..extract import analyse, assemble
-    from ..load import read_letter
-    from ..segment import parse
+    from ..extract.assemble import analyse, assemble
+    from ..core.load import read_letter
+    from ..core.segment import parse
 
     t0 = time.monotonic()
     for p in corpus:
@@ -105,9 +105,9 @@ def bench_extract(corpus: list[Path], concurrency: int, latency: float, data_dir
                   server_pid: int | None = None) -> dict:
     """Letters/s through real HTTP + openai + instructor against the loopback server. With workers > 1
     the letters are sharded over processes (``imr extract --workers``); their start-up is in the time."""
-    from ..batch import Extractor, run, run_parallel
+    from ..run.runner import Extractor, run, run_parallel
     from ..config import Settings
-    from ..llm import Provider
+    from ..providers.llm import Provider
 
     s = Settings(provider="compatible", model="bench", base_url=url, api_key="x", data_dir=data_dir, max_retries=2, timeout=30)
     ex = Extractor(s, Provider(s))
@@ -129,7 +129,7 @@ def bench_extract(corpus: list[Path], concurrency: int, latency: float, data_dir
             "letters_per_s": round(rate, 1), "ideal_letters_per_s": round(ideal, 1), "share_of_ideal": round(rate / ideal, 3),
             "tool_cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3),
             "server_cpu_share": round(server_cpu / wall / (os.cpu_count() or 1), 3),
-            "tool_cpu_ms_per_letter": round(cpu * 1000 / max(1, totals.ok), 2), "llm_calls": totals.calls}
+            "tool_cpu_ms_per_letter": round(cpu * 1000 / max(1, totals.ok), 2), "llm_calls": totals.usage.calls}
 
 
 class RssSampler:
@@ -185,9 +185,9 @@ class RssSampler:
 
 
 def bench_rerun(corpus: list[Path], data_dir: Path, url: str, workers: int = 1, out: str = "rerun.jsonl") -> dict:
-    from ..batch import Extractor, run, run_parallel
+    from ..run.runner import Extractor, run, run_parallel
     from ..config import Settings
-    from ..llm import Provider
+    from ..providers.llm import Provider
 
     s = Settings(provider="compatible", model="bench", base_url=url, api_key="x", data_dir=data_dir)
     t0 = time.monotonic()
@@ -197,15 +197,17 @@ def bench_rerun(corpus: list[Path], data_dir: Path, url: str, workers: int = 1, 
         else:
             totals = asyncio.run(run([str(p) for p in corpus], Extractor(s, Provider(s)), data_dir / out, None, 64))
     wall = time.monotonic() - t0
-    return {"letters": totals.ok, "failed": totals.failed, "llm_calls": totals.calls, "from_cache": totals.cached,
+    return {"letters": totals.ok, "failed": totals.failed, "llm_calls": totals.usage.calls, "from_cache": totals.cached,
             "wall_s": round(wall, 2), "letters_per_s": round(totals.ok / wall, 1), "workers": workers, **rss.summary()}
 
 
 def bench_tokens(suite: Path) -> dict:
     """Input/output tokens per letter: our call vs the naive one (whole letter + full record schema)."""
-    from .. import tokens
-    from ..extract import analyse, assemble, build_messages, response_model
-    from ..load import read_letter
+    from ..providers import tokens
+    from ..extract.answers import response_model
+    from ..extract.assemble import analyse, assemble
+    from ..extract.prompts import build_messages
+    from ..core.load import read_letter
     from .naive import NaiveRecord, naive_messages
     from .server import synthetic_arguments
 
@@ -236,7 +238,7 @@ def bench_tokens(suite: Path) -> dict:
 
 def bench_index(records: Path, data_dir: Path, queries: int = 200) -> dict:
     from ..index import rebuild
-    from ..models import DecisionRecord
+    from ..core.models import DecisionRecord
 
     t0 = time.monotonic()
 
@@ -254,9 +256,9 @@ def bench_index(records: Path, data_dir: Path, queries: int = 200) -> dict:
 
 def bench_retrieval(data_dir: Path, queries: int = 200) -> dict:
     """p50/p95 of ``Retriever.search`` (embed the query, dense + BM25, fuse, diversity), warm."""
-    from ..filters import Filters
+    from ..core.filters import Filters
     from ..index import Index
-    from ..retrieve import Retriever
+    from ..query.retrieve import Retriever
 
     r = Retriever(Index(data_dir, embedder=None))
     qs = ["why were physical therapy requests upheld after fusion", "facet blocks denied no radicular pain",
@@ -306,11 +308,11 @@ def bench_stats(corpus: list[Path], work: Path, n_items: int) -> dict:
     under new ids with shifted decision months until the store holds that many items."""
     import statistics
 
-    from ..extract import analyse, assemble
-    from ..filters import Filters
+    from ..extract.assemble import analyse, assemble
+    from ..core.filters import Filters
     from ..index import Store
-    from ..load import read_letter
-    from ..stats import compute
+    from ..core.load import read_letter
+    from ..query.stats import compute
 
     data = work / f"stats-{n_items}"
     store_path = data / "index" / "store.sqlite"
@@ -355,7 +357,7 @@ def bench_stats(corpus: list[Path], work: Path, n_items: int) -> dict:
     ids = data / "index" / "bm25" / "ids.json"
     if not ids.exists():  # the store holds items only (no passages): an empty lexical index makes it complete
         ids.write_text("[]")
-    from ..stats import load_facets
+    from ..query.stats import load_facets
 
     fz = load_facets(data / "index")
 
@@ -376,7 +378,7 @@ def bench_stats(corpus: list[Path], work: Path, n_items: int) -> dict:
     out["stats_sql_by_category_ms"] = timed(lambda: compute(st, ["category"], Filters()), 1)  # the SQL path, for comparison
     from starlette.testclient import TestClient
 
-    from ..web import create_app
+    from ..page.web import create_app
 
     c = TestClient(create_app(data), base_url="http://127.0.0.1")  # a loopback Host: the app refuses others
 
@@ -469,7 +471,7 @@ def cmd_run(a) -> None:
         recs = work / "rerun" / "first.jsonl"
         if not recs.exists():
             recs = work / "records.jsonl"
-            from ..batch import Extractor, run
+            from ..run.runner import Extractor, run
             from ..config import Settings
 
             s = Settings(data_dir=work / "layout")

@@ -256,7 +256,7 @@ def build(seed: int, n_items: int | None = None, outcomes: list[str] | None = No
         if ph and i == 0:
             rationale = rationale.replace(" In this case", " \x0cPAGEBREAK In this case", 1)
         out.append("Decision rationale: " + rationale)
-        from ..lexicon import body_regions as _br  # gold regions from what the request names
+        from ..core.lexicon import body_regions as _br  # gold regions from what the request names
         regions = [r for r, _, _ in _br(req)]
         gold["items"].append({"request": req, "category": cat, "quantity": _gold_qty(req, q), "frequency": freq,
                               "body_regions": regions, "decision": outcome,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import Field, create_model
 
-from ..extract import read_prompt
-from ..models import DecisionRecord, Item
+from ..extract.prompts import read_prompt
+from ..core.models import DecisionRecord, Item
 
 PROMPT_FILE = "naive_baseline_v1.md"
 
@@ -44,8 +44,8 @@ def naive_messages(letter_text: str) -> list[dict]:
 def run_naive(suite: Path, s, only: str | None = None, max_tokens: int = 4096) -> dict:
     """Accuracy and tokens of the naive call on the suite's gold letters, scored like ``imr eval``."""
     from ..evaluate import FIELDS, Counts, compare, letters_of, load_gold
-    from ..llm import CURRENT, LLMError, Provider, Tally
-    from ..load import read_letter
+    from ..providers.llm import LLMError, Provider
+    from ..core.load import read_letter
 
     gold = load_gold(suite)
     paths = letters_of(suite, gold, only)
@@ -55,23 +55,20 @@ def run_naive(suite: Path, s, only: str | None = None, max_tokens: int = 4096) -
     tin = tout = dec_ok = dec_n = 0
     t0 = time.monotonic()
 
-    async def one(text: str, tally: Tally):
-        tok = CURRENT.set(tally)
-        try:
-            return await provider.extract(naive_messages(text), NaiveRecord, max_tokens=max_tokens)
-        finally:
-            CURRENT.reset(tok)
+    async def one(text: str):
+        return await provider.complete(naive_messages(text), NaiveRecord, max_tokens=max_tokens)
 
     for p in paths:
         letter = read_letter(p)
-        tally = Tally()
         try:
-            got = asyncio.run(one(letter.text, tally))
+            got, usage = asyncio.run(one(letter.text))
             rec = {"letter_id": p.stem, **got.model_dump(mode="json")}
+            tin, tout = tin + usage.input_tokens, tout + usage.output_tokens
         except LLMError as e:
             failures.append(f"{p.name}: {e}")
             rec = {"letter_id": p.stem, "items": []}
-        tin, tout = tin + tally.input_tokens, tout + tally.output_tokens
+            if e.usage:
+                tin, tout = tin + e.usage.input_tokens, tout + e.usage.output_tokens
         counts, _, (ok, n) = compare(rec, gold[p.stem])
         for k, c in counts.items():
             fields.setdefault(k, Counts()).add(c)

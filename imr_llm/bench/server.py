@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import lexicon as lx
+from ..core import lexicon as lx
 
 
 @dataclass

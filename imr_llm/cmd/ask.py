@@ -26,8 +26,8 @@ def ask(
     local_only: bool = typer.Option(False, "--local-only"),
 ) -> None:
     """Answer a precedent question with citations to letters, items and passages."""
-    from ..answer import AnswerError, ask as run_ask
-    from ..filters import FilterError, Filters
+    from ..query.answer import AnswerError, ask as run_ask
+    from ..core.filters import FilterError, Filters
     from ..index import Index, IndexError_
     from .render import render
 
@@ -48,7 +48,7 @@ def ask(
         die(str(e))
     provider = None
     if s.provider != "none":
-        from ..llm import Provider
+        from ..providers.llm import Provider
 
         try:
             provider = Provider(s)

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import batch
-from ..load import LetterError, expand_inputs, read_letter
-from ..models import DecisionRecord
+from ..run import outputs, runner
+from ..core.load import LetterError, expand_inputs, read_letter
+from ..core.models import DecisionRecord
 from .common import die, get_settings, notice
 
 
@@ -36,59 +36,80 @@ def extract(
 ) -> None:
     """Extract one grounded decision record per letter."""
     s = get_settings(model, local_only, need_key=not dry_run)
-    found, input_errors = expand_inputs(paths)
-    files = [str(p) for p in found]
-    for e in input_errors:
-        print(f"error: {e}", file=sys.stderr)
-    if not files:
-        die(f"no .txt or .pdf letters found in: {' '.join(paths)}")
-    if not dry_run:
-        try:
-            batch.check_outputs(files, out, csv)
-        except batch.OutputError as e:
-            die(str(e))
+    files, input_errors = letters_in(paths)
     if dry_run:
-        r = batch.dry_run(files, s)
-        cost = "n/a (unknown price; set IMR_PRICE_IN/IMR_PRICE_OUT)" if r["est_cost_usd"] is None else f"${r['est_cost_usd']:.4f}"
-        print(f"letters: {r['letters']} readable, {r['unreadable']} unreadable\nmodel: {s.label}\n"
-              f"input tokens: {r['input_tokens']}\nestimated output tokens: {r['est_output_tokens']}\nestimated cost: {cost}")
-        for e in r["errors"]:
-            print(f"error: {e}", file=sys.stderr)
-        if s.provider == "none":
-            notice("no model chosen (--model or IMR_MODEL): a real run would make no LLM calls")
-        return
+        return _dry_run(files, s)
     if batch_api and s.provider not in ("openai", "compatible"):
         die("--batch-api needs an OpenAI(-compatible) provider with the Batch API: --model openai:MODEL")
-    if (batch_api or workers > 1) and no_cache:
-        die("--batch-api and --workers need the cache (answers and finished letters are kept there): drop --no-cache")
-    if workers > 1 and s.provider == "llama-cpp":
-        die("--workers > 1 would load the in-process model once per worker; use --workers 1 (llama.cpp already uses every core)")
+    if batch_api and no_cache:
+        die("--batch-api needs the cache (answers are collected there): drop --no-cache")
+    refuse_bad_outputs(files, out, csv)
     if batch_api and not _run_batch_api(files, s, poll, no_wait):
         return
+    totals = run_files(files, input_errors, s, out, csv, concurrency, workers, use_cache=not no_cache, debug=debug)
+    print_summary(totals, s, out, csv)
+    if totals.failed:
+        raise typer.Exit(1)
+
+
+def letters_in(paths: list[str]) -> tuple[list[str], list[str]]:
+    """The letters the paths name; missing paths and unreadable folders are reported and skipped."""
+    found, input_errors = expand_inputs(paths)
+    for e in input_errors:
+        print(f"error: {e}", file=sys.stderr)
+    if not found:
+        die(f"no .txt or .pdf letters found in: {' '.join(paths)}")
+    return [str(p) for p in found], input_errors
+
+
+def refuse_bad_outputs(files: list[str], out: Path, csv: Optional[Path]) -> None:
+    try:
+        outputs.check_outputs(files, out, csv)
+    except outputs.OutputError as e:
+        die(str(e))
+
+
+def _dry_run(files: list[str], s) -> None:
+    r = runner.dry_run(files, s)
+    cost = "n/a (unknown price; set IMR_PRICE_IN/IMR_PRICE_OUT)" if r["est_cost_usd"] is None else f"${r['est_cost_usd']:.4f}"
+    print(f"letters: {r['letters']} readable, {r['unreadable']} unreadable\nmodel: {s.label}\n"
+          f"input tokens: {r['input_tokens']}\nestimated output tokens: {r['est_output_tokens']}\nestimated cost: {cost}")
+    for e in r["errors"]:
+        print(f"error: {e}", file=sys.stderr)
+    if s.provider == "none":
+        notice("no model chosen (--model or IMR_MODEL): a real run would make no LLM calls")
+
+
+def run_files(files: list[str], input_errors: list[str], s, out: Path, csv: Optional[Path], concurrency: int, workers: int,
+              use_cache: bool = True, debug: bool = False) -> runner.Totals:
+    """Extract ``files`` into ``out`` (one process or ``workers``) with a progress bar; the totals,
+    the paths that could not be read counted as failures. ``imr extract`` and ``imr ingest``."""
+    if workers > 1 and not use_cache:
+        die("--workers needs the cache (finished letters are kept there): drop --no-cache")
+    if workers > 1 and s.provider == "llama-cpp":
+        die("--workers > 1 would load the in-process model once per worker; use --workers 1 (llama.cpp already uses every core)")
     provider = None
     if s.provider == "none":
-        notice(batch.NO_MODEL_NOTICE)
+        notice(runner.NO_MODEL_NOTICE)
     elif workers == 1:  # with workers each process starts its own
-        from ..llm import Provider
+        from ..providers.llm import Provider
         try:
             provider = Provider(s)
         except Exception as e:
             if debug:
                 traceback.print_exc()
             die(f"cannot start model {s.label}: {e}")
-    ex = batch.Extractor(s, provider, use_cache=not no_cache)
+    ex = runner.Extractor(s, provider, use_cache=use_cache)
     if debug:
-        async def loud(p: str):  # re-raise inside for a traceback
-            return await ex._one(p)
-        ex.one = loud  # type: ignore[method-assign]
-    cb, stop = batch.progress_callback(len(files))
+        ex.one = ex.outcome  # type: ignore[method-assign]  # raise inside, for a traceback
+    cb, stop = runner.progress_callback(len(files))
     try:
         if workers > 1:
             if ex.cache:
                 ex.cache.close()
-            totals = batch.run_parallel(files, s, out, csv, concurrency, workers, lambda n: [cb(None) for _ in range(n)])
+            totals = runner.run_parallel(files, s, out, csv, concurrency, workers, lambda n: [cb(None) for _ in range(n)])
         else:
-            totals = asyncio.run(batch.run(files, ex, out, csv, concurrency, cb))
+            totals = asyncio.run(runner.run(files, ex, out, csv, concurrency, cb))
     except KeyboardInterrupt:
         stop()
         die("interrupted: nothing written; finished letters are cached, rerun the same command to resume", 130)
@@ -98,25 +119,24 @@ def extract(
     finally:
         stop()
     if input_errors:
-        totals.failed += len(input_errors)
-        totals.errors[:0] = input_errors
-        batch.write_errors(out, totals.errors)
-    _summary(totals, s, out, csv)
-    if totals.failed:
-        raise typer.Exit(1)
+        for e in reversed(input_errors):
+            totals.failed += 1
+            totals.errors.insert(0, e)
+        outputs.write_errors(out, totals.errors)
+    return totals
 
 
 def _run_batch_api(files: list[str], s, poll: float, no_wait: bool) -> bool:
     """Submit what is not answered yet, wait for every pending batch, collect. False = stop here."""
-    from .. import batchapi
-    from ..cache import Cache
+    from ..run import openai_batch
+    from ..run.cache import Cache
 
     cache = Cache(s.data_dir / "cache.sqlite")
     try:
-        new = batchapi.submit(files, s, cache)
+        new = openai_batch.submit(files, s, cache)
         for st in new:
             notice(f"submitted batch {st['batch_id']} with {len(st['requests'])} letters (state in {s.data_dir / 'batches'})")
-        if not batchapi.pending(s):
+        if not openai_batch.pending(s):
             notice("every letter already has an answer; nothing to submit")
             return True
         if no_wait:
@@ -126,7 +146,7 @@ def _run_batch_api(files: list[str], s, poll: float, no_wait: bool) -> bool:
         def show(bid: str, done: int, total: int, status: str) -> None:
             print(f"batch {bid}: {status}, {done}/{total} requests", file=sys.stderr)
 
-        stats = batchapi.wait_and_collect(s, cache, poll, show)
+        stats = openai_batch.wait_and_collect(s, cache, poll, show)
         notice(f"collected {stats['answers']} answers from {stats['batches']} batch(es); {stats['failed']} failed "
                f"(those letters are retried live below)")
         for e in stats["errors"][:20]:
@@ -136,7 +156,7 @@ def _run_batch_api(files: list[str], s, poll: float, no_wait: bool) -> bool:
         cache.close()
 
 
-def _summary(t: batch.Totals, s, out: Path, csv: Optional[Path]) -> None:
+def print_summary(t: runner.Totals, s, out: Path, csv: Optional[Path]) -> None:
     con = Console(stderr=True)
     tab = Table(title="imr extract", show_header=False)
     if t.ok or not t.failed:
@@ -147,14 +167,15 @@ def _summary(t: batch.Totals, s, out: Path, csv: Optional[Path]) -> None:
     tab.add_row("flagged for review", str(t.flagged))
     tab.add_row("model", s.label)
     if s.provider != "none":
-        tab.add_row("LLM calls", f"{t.calls} ({t.cached} letters from cache)")
-        tab.add_row("tokens in / out", f"{t.input_tokens} / {t.output_tokens} (retries: {t.retry_tokens})")
-        tab.add_row("cost", "n/a (unknown price)" if t.cost_usd is None else f"${t.cost_usd:.4f}")
+        u = t.usage
+        tab.add_row("LLM calls", f"{u.calls} ({t.cached} letters from cache)")
+        tab.add_row("tokens in / out", f"{u.input_tokens} / {u.output_tokens} (retries: {u.retry_tokens})")
+        tab.add_row("cost", "n/a (unknown price)" if u.cost_usd is None else f"${u.cost_usd:.4f}")
     con.print(tab)
     for e in t.errors:
         print(f"error: {e}", file=sys.stderr)
     if t.errors:
-        print(f"{len(t.errors)} letter(s) failed; listed with reasons in {batch.errors_path(out)}", file=sys.stderr)
+        print(f"{len(t.errors)} letter(s) failed; listed with reasons in {outputs.errors_path(out)}", file=sys.stderr)
 
 
 def schema() -> None:

@@ -77,20 +77,18 @@ def ingest(
     local_only: bool = typer.Option(False, "--local-only"),
 ) -> None:
     """Extract and index in one go."""
-    from .extract import extract
+    from .extract import letters_in, print_summary, refuse_bad_outputs, run_files
 
     s = get_settings(model, local_only)
     out = out or (s.data_dir / "records.jsonl")
-    code = 0
-    try:
-        # every option passed explicitly: typer's defaults are only filled in on the command line
-        extract(paths, out=out, csv=None, model=model, concurrency=concurrency, workers=workers, dry_run=False,
-                no_cache=False, local_only=local_only, batch_api=False, no_wait=False, poll=30.0, debug=False)
-    except typer.Exit as e:
-        code = e.exit_code
-        if code not in (0, 1) or not out.exists():
-            raise
+    files, input_errors = letters_in(paths)
+    refuse_bad_outputs(files, out, None)
+    totals = run_files(files, input_errors, s, out, None, concurrency, workers)
+    print_summary(totals, s, out, None)
+    if totals.failed:
+        if not totals.ok:
+            raise typer.Exit(1)  # nothing new to index; the earlier records and index stay as they were
         notice("some letters failed (listed above); indexing the ones that succeeded")
     _index(out, rebuild, local_only)
-    if code:
-        raise typer.Exit(code)
+    if totals.failed:
+        raise typer.Exit(1)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from .. import localmodel
+from ..providers import localmodel
 from .common import die
 
 app = typer.Typer(no_args_is_help=True)

@@ -24,10 +24,10 @@ def precedent(
 ) -> None:
     """How many similar past items, the overturn rate with its 95% interval, recurring reasons and
     guidelines, and the closest letters with the sentence that decided them (cited by offsets)."""
-    from ..filters import FilterError, canonical_value
+    from ..core.filters import FilterError, canonical_value
     from ..index import Index, IndexError_
-    from ..load import LetterError, read_letter
-    from ..precedent import find
+    from ..core.load import LetterError, read_letter
+    from ..query.precedent import find
 
     if letter:
         try:

@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..answer import AnswerResult
+from ..query.answer import AnswerResult
 
 
 def render(res: AnswerResult) -> None:

@@ -19,7 +19,7 @@ def serve(
 
     import uvicorn
 
-    from ..web import create_app
+    from ..page.web import create_app
 
     s = get_settings(None)
     data_dir = data or s.data_dir

@@ -25,11 +25,11 @@ def stats(
     as_csv: bool = typer.Option(False, "--csv"),
 ) -> None:
     """Items, letters, upheld, overturned and the overturn rate with its 95% interval, per group."""
-    from ..answer import latest_decision
-    from ..filters import FilterError, Filters
+    from ..query.answer import latest_decision
+    from ..core.filters import FilterError, Filters
     from ..index import Index, IndexError_
-    from ..question import read
-    from ..stats import compute, load_facets
+    from ..core.question import read
+    from ..query.stats import compute, load_facets
 
     s = get_settings(None)
     try:
@@ -83,7 +83,7 @@ def export(
     parquet: bool = typer.Option(False, "--parquet", help="Parquet instead of CSV (needs pyarrow: pip install 'imr-llm[analysis]')"),
 ) -> None:
     """The indexed records as two tables: items (one row per disputed item) and letters."""
-    from ..export import write
+    from ..query.export import write
     from ..index import Index, IndexError_
 
     if parquet:

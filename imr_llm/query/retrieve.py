@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import env
-from .filters import Filters
-from .index import Index, IndexError_
+from ..config import env
+from ..core.filters import Filters
+from ..index import Index, IndexError_
 
 RRF_K = 60
 SMALL_SET = 4000

@@ -16,12 +16,12 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
-from .chunk import sentences
-from .lexicon import sentence_role
-from .ground import locate
-from .filters import Filters
-from .index import Index
-from .question import Reading, read
+from ..index.chunk import sentences
+from ..core.lexicon import sentence_role
+from ..core.ground import locate
+from ..core.filters import Filters
+from ..index import Index
+from ..core.question import Reading, read
 from .retrieve import Hit, Retriever
 
 PROMPT_FILE = "answer_v1.md"
@@ -171,7 +171,7 @@ class LLMAnswer(BaseModel):
 
 
 def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filters, model_label: str) -> AnswerResult:
-    from .extract import read_prompt
+    from ..extract.prompts import read_prompt
 
     system = read_prompt(PROMPT_FILE)
     passages = []
@@ -181,12 +181,13 @@ def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filter
     user = f"QUESTION: {question}\n\nPASSAGES:\n" + "\n\n".join(passages)
     async def go() -> LLMAnswer:
         try:
-            return await provider.extract([{"role": "system", "content": system}, {"role": "user", "content": user}],
-                                          LLMAnswer, max_tokens=900)
+            value, _ = await provider.complete([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                               LLMAnswer, max_tokens=900)
+            return value
         finally:
             await provider.aclose()  # each question runs in its own event loop
 
-    from .config import env
+    from ..config import env
 
     deadline = env().answer_deadline
     try:

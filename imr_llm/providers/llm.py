@@ -11,10 +11,10 @@ import asyncio
 import contextvars
 import os
 import threading
-from dataclasses import dataclass
 from typing import Any
 
-from .config import Settings, env
+from ..config import Settings, env
+from ..core.models import Usage
 
 # USD per 1M tokens (input, output). Local providers cost nothing; unknown models print "n/a".
 PRICES = {
@@ -42,15 +42,9 @@ def cost(s: Settings, tin: int, tout: int) -> float | None:
     return None if p is None else round(tin * p[0] / 1e6 + tout * p[1] / 1e6, 6)
 
 
-@dataclass
-class Tally:
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    retry_tokens: int = 0  # tokens of attempts whose output failed validation
-
-
-CURRENT: contextvars.ContextVar[Tally | None] = contextvars.ContextVar("imr_tally", default=None)
+# The usage of the call in progress (one per letter or question): every attempt's tokens land here,
+# validation re-asks included (instructor makes those calls, so they are counted from its hook).
+CURRENT: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("imr_usage", default=None)
 
 
 def _count(usage: Any) -> None:
@@ -113,11 +107,15 @@ def _memoize_async_validator_check() -> None:
 
 
 class LLMError(Exception):
-    """The model could not produce a valid answer after all retries (one-line reason)."""
+    """The model could not produce a valid answer after all retries (one-line reason); ``usage``
+    holds what the attempts cost."""
+
+    usage: Usage | None = None
 
 
 class Provider:
-    """``await Provider(settings).extract(messages, Model)`` -> validated instance."""
+    """``value, usage = await Provider(settings).complete(messages, Model)``: a validated instance of
+    ``Model`` and what it took (calls, tokens with retries, cost)."""
 
     def __init__(self, s: Settings, validation_retries: int | None = None):
         s.check_local_only()
@@ -167,8 +165,20 @@ class Provider:
         if not self._local_model:
             self._client = None
 
-    async def extract(self, messages: list[dict], model: type, max_tokens: int | None = None) -> Any:
-        max_tokens = max_tokens or self.s.max_output_tokens
+    async def complete(self, messages: list[dict], model: type, max_tokens: int | None = None) -> tuple[Any, Usage]:
+        usage = Usage(provider=self.s.provider, model=self.s.model)
+        tok = CURRENT.set(usage)
+        try:
+            value = await self._complete(messages, model, max_tokens or self.s.max_output_tokens)
+        except LLMError as e:
+            e.usage = usage  # what the failed attempts cost
+            raise
+        finally:
+            CURRENT.reset(tok)
+            usage.cost_usd = cost(self.s, usage.input_tokens, usage.output_tokens)
+        return value, usage
+
+    async def _complete(self, messages: list[dict], model: type, max_tokens: int) -> Any:
         try:
             if not self._local_model:
                 return await self._remote().chat.completions.create(

@@ -23,10 +23,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .filters import FIELDS, Cond, FilterError, Filters
+from ..core.filters import FIELDS, Cond, FilterError, Filters
 from .highlight import kind_of, letter_segments
-from .index import Index
-from .models import CSV_COLUMNS, DecisionRecord, csv_rows, output_line
+from ..index import Index
+from ..core.models import CSV_COLUMNS, DecisionRecord, csv_rows, output_line
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -44,7 +44,7 @@ FACETS = {
     "dwc_category": ("dwc_category", "nullif(dwc_category, '')"), "case_outcome": ("case_outcome", "nullif(case_outcome, '')"),
     "year": ("decision_date", "substr(nullif(decision_date, ''), 1, 4)"),
 }
-_env = Environment(loader=PackageLoader("imr_llm", "templates"), autoescape=select_autoescape(["html"]))
+_env = Environment(loader=PackageLoader("imr_llm.page", "templates"), autoescape=select_autoescape(["html"]))
 
 
 def selection(params) -> Filters:
@@ -67,7 +67,7 @@ LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None = None) -> Starlette:
     """``hosts``: the Host headers answered (DNS rebinding: a web page must not reach this app
     under its own name); loopback names by default, plus the --host given to `imr serve`."""
-    from .stats import load_facets
+    from ..query.stats import load_facets
 
     loaded: dict = {}
 
@@ -99,7 +99,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
         cols = "letter_id, cite_id, item, request, decision, category, drug_class, decision_date"
         fz = facets(idx)
         if fz is not None:  # columnar: a million items in tens of milliseconds
-            from .stats import facet_counts, page_rowids
+            from ..query.stats import facet_counts, page_rowids
 
             n_items, n_letters, all_counts = facet_counts(fz, f, FACET_COLUMNS)
             rows = st.items_by_rowid(page_rowids(fz, f, (pg - 1) * PAGE, PAGE), cols)
@@ -137,7 +137,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
         if not got:
             return not_found(f"No letter {lid!r} in this index.")
         rec = json.loads(got[0])
-        from .load import LetterError, read_letter
+        from ..core.load import LetterError, read_letter
 
         try:
             text = read_letter(rec["source_path"]).text
@@ -150,7 +150,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
                     paths=got[1], items=rec["items"])
 
     async def ask_page(request: Request) -> Response:
-        from .answer import AnswerError, ask
+        from ..query.answer import AnswerError, ask
 
         q = (request.query_params.get("q") or "").strip()
         if not q:
@@ -191,7 +191,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
 
     async def chart(request: Request) -> Response:
         from . import charts
-        from .stats import compute
+        from ..query.stats import compute
 
         name = request.path_params["name"]
         if name not in ("category", "month"):
@@ -212,12 +212,12 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
 
     routes = [Route("/kinds.css", kinds_css), Route("/", home), Route("/letters/{letter_id:str}", letter), Route("/ask", ask_page),
               Route("/export.{kind:str}", export), Route("/chart/{name:str}.svg", chart),
-              Mount("/static", StaticFiles(packages=[("imr_llm", "static")]), name="static")]
+              Mount("/static", StaticFiles(packages=[("imr_llm.page", "static")]), name="static")]
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if getattr(exc, "status_code", 500) == 404:
             return not_found("No such page.")
-        from .index import IndexError_
+        from ..index import IndexError_
 
         if isinstance(exc, IndexError_):
             return page("error.html", 503, title="No index", message=str(exc))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .models import CSV_COLUMNS, DecisionRecord, csv_rows
+from ..core.models import CSV_COLUMNS, DecisionRecord, csv_rows
 
 LETTER_COLUMNS = ["letter_id", "case_number", "source_path", "paths", "decision_date", "date_assigned", "date_of_injury",
                   "ur_denial_date", "application_received", "priority", "case_outcome", "items", "overturned",

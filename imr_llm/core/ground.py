@@ -134,7 +134,7 @@ class Assembler:
         if value is None or value == [] or value == "":
             return
         is_list = fact.field.endswith("[]")
-        if is_list and self._has_equal(fact.field, value):
+        if is_list and self.has_equal(fact.field, value):
             return
         quote = fact.quote if fact.quote else (value if isinstance(value, str) else None)
         if quote is None:
@@ -152,7 +152,7 @@ class Assembler:
             # a verbatim field the model paraphrased: keep the letter's words, not the model's
             value = self.text[s:e]
             fact = Fact(fact.field, value, origin=fact.origin, within=fact.within)
-            if is_list and self._has_equal(fact.field, value):
+            if is_list and self.has_equal(fact.field, value):
                 return
         if not is_list:
             current = self.get(fact.field)
@@ -169,7 +169,7 @@ class Assembler:
                 return  # agreement; the rule evidence stands
         self.put(fact, [("", s, e, status, score)])
 
-    def _has_equal(self, field: str, value: Any) -> bool:
+    def has_equal(self, field: str, value: Any) -> bool:
         lst = self.get(field) or []
         key = _norm(str(value.get("procedure") if isinstance(value, dict) and "procedure" in value else value))
         for v in lst:

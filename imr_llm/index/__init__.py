@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import embed as emb
-from .config import env
-from .procs import remove_stale
+from ..providers import embed as emb
+from ..config import env
+from ..procs import remove_stale
 from .chunk import Chunk, chunks_for
-from .filters import COLUMNS, Filters, row_values, write_facets
-from .models import SCHEMA_VERSION, DecisionRecord
+from ..core.filters import COLUMNS, Filters, row_values, write_facets
+from ..core.models import SCHEMA_VERSION, DecisionRecord
 
 import numpy as np
 
@@ -288,7 +288,7 @@ def chroma_client(path: Path):
         from urllib.parse import urlparse
 
         u = urlparse(url)
-        from .config import is_private_url
+        from ..config import is_private_url
         if e.local_only and not is_private_url(url):
             raise IndexError_(f"IMR_LOCAL_ONLY is set: refusing Chroma server {url!r}")
         return chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),

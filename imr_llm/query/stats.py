@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 from dataclasses import dataclass, field
 
-from .filters import Filters
+from ..core.filters import Filters
 
 # FIELD -> (SQL expression over items, list-valued?)
 GROUPS: dict[str, tuple[str, bool]] = {
@@ -216,7 +216,7 @@ def load_facets(index_dir) -> dict | None:
     """``items.npz`` of an index folder, or None (then ``compute`` counts in SQL)."""
     from pathlib import Path
 
-    from .index import IndexError_
+    from ..index import IndexError_
 
     p = Path(index_dir) / "bm25" / "items.npz"
     if not p.exists():

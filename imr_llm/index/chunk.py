@@ -10,9 +10,9 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from . import tokens
-from .filters import row_values
-from .models import DecisionRecord
+from ..providers import tokens
+from ..core.filters import row_values
+from ..core.models import DecisionRecord
 
 BUDGET = 220  # tokens per chunk body
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9(\"])")

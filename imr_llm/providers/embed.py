@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, env, is_private_url
+from ..config import ConfigError, env, is_private_url
 
 DEFAULT = "wordllama"
 

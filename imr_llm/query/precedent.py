@@ -7,9 +7,9 @@ by meaning among them, each with the sentence that carries its decision, cited b
 """
 from __future__ import annotations
 
-from . import drugs
-from . import lexicon as lx
-from .filters import Cond, Filters
+from ..core import drugs
+from ..core import lexicon as lx
+from ..core.filters import Cond, Filters
 from .stats import compute, load_facets
 
 ENOUGH = 10  # fewer matching items than this: relax the match, and say the evidence is thin

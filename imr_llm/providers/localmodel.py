@@ -16,7 +16,7 @@ PARTS = 6
 
 
 def models_dir() -> Path:
-    from .config import env
+    from ..config import env
 
     d = env().models_dir
     return Path(d) if d else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imr-llm" / "models"
