@@ -234,7 +234,7 @@ def check_thresholds(report: dict, rules: list[str]) -> list[str]:
 
 def run_qa(suite: Path, s, k: int = 6) -> dict:
     from .query.answer import ask
-    from .index import rebuild
+    from .index.rebuild import rebuild
 
     sr = run_extraction(suite, s)
     idx, _ = rebuild(s.data_dir / "eval-index", None, (DecisionRecord.model_validate(r) for r in sr.records))

@@ -172,7 +172,7 @@ def test_one_index_writer_at_a_time_and_readers_told_it_is_being_built(letter, t
 
     data = Path(os.environ["IMR_DATA_DIR"])
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from pathlib import Path; from imr_llm.index import WriterLock; "
+                               "import sys, time; from pathlib import Path; from imr_llm.index.lock import WriterLock; "
                                f"WriterLock(Path({str(data)!r})); print('held', flush=True); time.sleep(30)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -247,9 +247,9 @@ def test_damaged_lexical_index_chroma_and_embedder_failures_are_one_line(letter,
                 assert res.exit_code == 2 and "Traceback" not in res.output and "rebuild" in res.output, (name, damage, res.output)
             (bm / name).write_bytes(backup[name])
     # IMR_DENSE=chroma with Chroma's database gone: an error, never BM25 alone in silence
-    from imr_llm.index import _forget_chroma
+    from imr_llm.index.vectors import forget_clients
 
-    _forget_chroma()  # as a new process would: nothing of the deleted database cached in memory
+    forget_clients()  # as a new process would: nothing of the deleted database cached in memory
     (data / "index" / "chroma" / "chroma.sqlite3").unlink()
     monkeypatch.setenv("IMR_DENSE", "chroma")
     res = runner.invoke(app, ["ask", "why was therapy denied?"])
@@ -298,6 +298,7 @@ def test_an_index_of_the_previous_format_is_upgraded_in_place(letter):
         for (col,) in [(r[1],) for r in db.execute(f"PRAGMA table_info({table})")]:
             if col not in keep:
                 db.execute(f'ALTER TABLE {table} DROP COLUMN "{col}"')
+    db.execute('ALTER TABLE chunks DROP COLUMN "quote"')  # format 2 had no chunk text of its own
     db.execute("DELETE FROM meta WHERE k='index_format'")
     db.commit()
     db.close()
@@ -305,6 +306,11 @@ def test_an_index_of_the_previous_format_is_upgraded_in_place(letter):
     assert res.exit_code == 2 and "imr index --upgrade" in res.output
     res = runner.invoke(app, ["index", "--upgrade"])
     assert res.exit_code == 0 and "format 2: filter columns added and filled for 1 letters" in res.output, res.output
+    assert "format 3: the letter text of" in res.output, res.output
     after = json.loads(runner.invoke(app, ["ask", "How many requests were upheld?", "--json"]).output)["count"]
     assert after == before == 1
+    # extractive answers quote from the upgraded chunk rows: each quote is the letter's text at its offsets
+    got = json.loads(runner.invoke(app, ["ask", "why was the request upheld?", "--json"]).output)
+    text = runner.invoke(app, ["text", str(letter)]).output
+    assert got["citations"] and all(text[c["start"]:c["end"]] == c["quote"] for c in got["citations"]), got["citations"]
     assert runner.invoke(app, ["index", "--upgrade"]).output.strip().endswith("already current")

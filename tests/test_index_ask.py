@@ -77,7 +77,8 @@ def test_reindex_upserts_without_duplicates(indexed):
     res = runner.invoke(app, ["index", str(indexed / "records.jsonl")])
     assert res.exit_code == 0 and "0 embedded" in res.output
     assert db.execute("select count(*) from chunks").fetchone()[0] == n
-    from imr_llm.index import COLLECTION, chroma_client
+    from imr_llm.index import COLLECTION
+    from imr_llm.index.vectors import chroma_client
     assert chroma_client(indexed / "index" / "chroma").get_collection(COLLECTION).count() == n
 
 
@@ -167,14 +168,14 @@ def test_newer_schema_and_damaged_chroma_folder(indexed, monkeypatch):
     assert res.exit_code == 2 and "schema 9.0" in res.output and "--rebuild" in res.output
     assert runner.invoke(app, ["index", "--rebuild", str(indexed / "records.jsonl")]).exit_code == 0
     # a damaged Chroma folder: its database file overwritten
-    from imr_llm.index import _forget_chroma
-    _forget_chroma()
+    from imr_llm.index.vectors import forget_clients
+    forget_clients()
     for f in (indexed / "index" / "chroma").glob("*.sqlite3"):
         f.write_bytes(b"not a database" * 1000)
     monkeypatch.setenv("IMR_DENSE", "chroma")  # make ask go through Chroma
     res = runner.invoke(app, ["ask", "why was therapy denied?"])
     assert res.exit_code == 2 and "Chroma" in res.output and "--rebuild" in res.output and "Traceback" not in res.output
-    _forget_chroma()
+    forget_clients()
     res = runner.invoke(app, ["index", "--rebuild", str(indexed / "records.jsonl")])
     assert res.exit_code == 0, res.output
     assert ask_json("why was therapy denied?")["citations"]

@@ -143,5 +143,6 @@ def test_kill9_at_random_points_of_a_2000_letter_run(tmp_path, fake_server):
 
     a, b = state(tmp_path / "idx"), state(tmp_path / "idx-ref")
     assert a[0] == b[0] and sorted(a[1]) == sorted(b[1]) and len(a[1]) == len(set(a[1]))
-    from imr_llm.index import COLLECTION, chroma_client
+    from imr_llm.index import COLLECTION
+    from imr_llm.index.vectors import chroma_client
     assert chroma_client(tmp_path / "idx" / "index" / "chroma").get_collection(COLLECTION).count() == len(a[0])

@@ -237,7 +237,7 @@ def bench_tokens(suite: Path) -> dict:
 
 
 def bench_index(records: Path, data_dir: Path, queries: int = 200) -> dict:
-    from ..index import rebuild
+    from ..index.rebuild import rebuild
     from ..core.models import DecisionRecord
 
     t0 = time.monotonic()
@@ -310,7 +310,7 @@ def bench_stats(corpus: list[Path], work: Path, n_items: int) -> dict:
 
     from ..extract.assemble import analyse, assemble
     from ..core.filters import Filters
-    from ..index import Store
+    from ..index.store import Store
     from ..core.load import read_letter
     from ..query.stats import compute
 
@@ -391,123 +391,159 @@ def bench_stats(corpus: list[Path], work: Path, n_items: int) -> dict:
     return out
 
 
-def cmd_run(a) -> None:
-    from .corpus import write_corpus
+class _Run:
+    """One ``bench run``: the corpus, the results so far (kept in WORK/results.json after every step,
+    so a long run that dies keeps its numbers) and the printed table."""
 
-    results: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-                     "date": time.strftime("%Y-%m-%d"), "n": a.n}
-    work = Path(a.work or tempfile.mkdtemp(prefix="imr-bench-"))
-    corpus_dir = work / "corpus"
-    if not corpus_dir.exists() or len(list(corpus_dir.glob("*.txt"))) < a.n:
-        shutil.rmtree(corpus_dir, ignore_errors=True)
-        t = time.monotonic()
-        write_corpus(corpus_dir, a.n, seed=7)
-        results["corpus_gen_s"] = round(time.monotonic() - t, 1)
-    corpus = sorted(corpus_dir.glob("*.txt"))[: a.n]
-    steps = set(a.steps.split(","))
-    table = []
-    partial = work / "results.json"  # written after every step, so a long run that dies keeps its numbers
-    earlier = json.loads(partial.read_text()) if partial.exists() else {}
+    def __init__(self, a):
+        from .corpus import write_corpus
 
-    def save() -> None:
-        tmp = partial.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**earlier, **results}, indent=1))
-        os.replace(tmp, partial)
-    if "parse" in steps:
-        r = bench_parse(corpus[: min(len(corpus), a.parse_n)])
-        results["parse"] = r
-        table.append(("1 read+normalise+layout parse, 1 core", f"{r['layout_letters_per_s']} letters/s", ">= 500"))
-        table.append(("1b + rules + grounding + record, 1 core", f"{r['letters_per_s']} letters/s", ""))
-        save()
-    if "tokens" in steps:
-        r = bench_tokens(Path(__file__).resolve().parents[2] / "evals")
-        results["tokens"] = r
-        table.append(("3 input tokens vs naive", f"{r['input_ratio']:.0%}", "<= 60%"))
-        table.append(("3 output tokens vs naive", f"{r['output_ratio']:.0%}", "<= 50%"))
-        save()
-    if "extract" in steps or "rerun" in steps:
-        proc, url = _start_server(a.latency)
+        self.a = a
+        self.results: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+                              "date": time.strftime("%Y-%m-%d"), "n": a.n}
+        self.work = work = Path(a.work or tempfile.mkdtemp(prefix="imr-bench-"))
+        corpus_dir = work / "corpus"
+        if not corpus_dir.exists() or len(list(corpus_dir.glob("*.txt"))) < a.n:
+            shutil.rmtree(corpus_dir, ignore_errors=True)
+            t = time.monotonic()
+            write_corpus(corpus_dir, a.n, seed=7)
+            self.results["corpus_gen_s"] = round(time.monotonic() - t, 1)
+        self.corpus = sorted(corpus_dir.glob("*.txt"))[: a.n]
+        self.steps = set(a.steps.split(","))
+        self.table: list[tuple[str, str, str]] = []
+        self.partial = work / "results.json"
+        self.earlier = json.loads(self.partial.read_text()) if self.partial.exists() else {}
+
+    def save(self) -> None:
+        tmp = self.partial.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**self.earlier, **self.results}, indent=1))
+        os.replace(tmp, self.partial)
+
+    def row(self, *cells: str) -> None:
+        self.table.append(cells)
+
+    def parse(self) -> None:
+        r = self.results["parse"] = bench_parse(self.corpus[: min(len(self.corpus), self.a.parse_n)])
+        self.row("1 read+normalise+layout parse, 1 core", f"{r['layout_letters_per_s']} letters/s", ">= 500")
+        self.row("1b + rules + grounding + record, 1 core", f"{r['letters_per_s']} letters/s", "")
+        self.save()
+
+    def tokens(self) -> None:
+        r = self.results["tokens"] = bench_tokens(Path(__file__).resolve().parents[2] / "evals")
+        self.row("3 input tokens vs naive", f"{r['input_ratio']:.0%}", "<= 60%")
+        self.row("3 output tokens vs naive", f"{r['output_ratio']:.0%}", "<= 50%")
+        self.save()
+
+    def extract(self, url: str, server_pid: int) -> None:
+        a = self.a
+        self.results["extract"] = []
+        for spec in a.concurrency.split(","):  # "64" or "64x2" (64 in flight over 2 worker processes)
+            c, _, w = spec.partition("x")
+            c, w = int(c), int(w or 1)
+            n = min(len(self.corpus), max(40, int(c / a.latency * a.seconds)))
+            d = self.work / f"extract-c{c}x{w}"
+            shutil.rmtree(d, ignore_errors=True)
+            r = bench_extract(self.corpus[:n], c, a.latency, d, url, w, server_pid)
+            self.results["extract"].append(r)
+            self.row(f"2 extract c={c}, {w} process(es), {a.latency}s latency",
+                     f"{r['letters_per_s']} letters/s ({r['share_of_ideal']:.0%} of ideal; CPU of 2 cores: tool "
+                     f"{r['tool_cpu_share']:.0%}, server {r['server_cpu_share']:.0%})", ">= 80%")
+            self.save()
+
+    def rerun(self, url: str) -> None:
+        a, corpus, d = self.a, self.corpus, self.work / "rerun"
+        done = d / "first.jsonl"
+        if a.reuse and "full_run" in self.earlier and done.exists() and _lines(done) == len(corpus):
+            first = self.earlier["full_run"]  # the first run of an earlier invocation, same corpus
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+            first = self.results["full_run"] = bench_rerun(corpus, d, url, a.workers, "first.jsonl")
+            self.save()
+        second = bench_rerun(corpus, d, url, 1)
+        third = bench_rerun(corpus, d, url, a.workers, "rerun2.jsonl") if a.workers > 1 else None
+        self.results.update(full_run=first, rerun=second, rerun_workers=third, peak_rss_mb=round(_rss_mb(), 1))
+        self.save()
+        self.row(f"2 full run {len(corpus)} letters, c=64, {a.workers} worker(s), no latency",
+                 f"{first['letters_per_s']} letters/s, {first['llm_calls']} calls; RSS (all processes) at 25/50/75/100%: "
+                 f"{first.get('rss_mb_at_25pct')}/{first.get('rss_mb_at_50pct')}/{first.get('rss_mb_at_75pct')}/{first.get('rss_mb_at_end')} MB",
+                 "flat memory")
+        self.row(f"4 re-run unchanged {len(corpus)} letters, 1 process", f"{second['wall_s']} s, {second['llm_calls']} LLM calls", "<= 60 s, 0 calls")
+        if third:
+            self.row(f"4 re-run unchanged {len(corpus)} letters, {a.workers} workers", f"{third['wall_s']} s, {third['llm_calls']} LLM calls",
+                     "<= 60 s, 0 calls")
+
+    def through_server(self) -> None:
+        proc, url = _start_server(self.a.latency)
         try:
-            if "extract" in steps:
-                results["extract"] = []
-                for spec in a.concurrency.split(","):  # "64" or "64x2" (64 in flight over 2 worker processes)
-                    c, _, w = spec.partition("x")
-                    c, w = int(c), int(w or 1)
-                    n = min(len(corpus), max(40, int(c / a.latency * a.seconds)))
-                    d = work / f"extract-c{c}x{w}"
-                    shutil.rmtree(d, ignore_errors=True)
-                    r = bench_extract(corpus[:n], c, a.latency, d, url, w, proc.pid)
-                    results["extract"].append(r)
-                    table.append((f"2 extract c={c}, {w} process(es), {a.latency}s latency", f"{r['letters_per_s']} letters/s ({r['share_of_ideal']:.0%} of ideal; CPU of 2 cores: tool {r['tool_cpu_share']:.0%}, server {r['server_cpu_share']:.0%})", ">= 80%"))
-                    save()
-            if "rerun" in steps:
-                d = work / "rerun"
+            if "extract" in self.steps:
+                self.extract(url, proc.pid)
+            if "rerun" in self.steps:
                 proc.kill()
                 proc, url = _start_server(0.0)
-                done = d / "first.jsonl"
-                if a.reuse and "full_run" in earlier and done.exists() and _lines(done) == len(corpus):
-                    first = earlier["full_run"]  # the first run of an earlier invocation, same corpus
-                else:
-                    shutil.rmtree(d, ignore_errors=True)
-                    first = bench_rerun(corpus, d, url, a.workers, "first.jsonl")
-                    results["full_run"] = first
-                    save()
-                second = bench_rerun(corpus, d, url, 1)
-                third = bench_rerun(corpus, d, url, a.workers, "rerun2.jsonl") if a.workers > 1 else None
-                results["full_run"] = first
-                results["rerun"] = second
-                results["rerun_workers"] = third
-                results["peak_rss_mb"] = round(_rss_mb(), 1)
-                save()
-                table.append((f"2 full run {len(corpus)} letters, c=64, {a.workers} worker(s), no latency",
-                              f"{first['letters_per_s']} letters/s, {first['llm_calls']} calls; RSS (all processes) at 25/50/75/100%: "
-                              f"{first.get('rss_mb_at_25pct')}/{first.get('rss_mb_at_50pct')}/{first.get('rss_mb_at_75pct')}/{first.get('rss_mb_at_end')} MB", "flat memory"))
-                table.append((f"4 re-run unchanged {len(corpus)} letters, 1 process", f"{second['wall_s']} s, {second['llm_calls']} LLM calls", "<= 60 s, 0 calls"))
-                if third:
-                    table.append((f"4 re-run unchanged {len(corpus)} letters, {a.workers} workers", f"{third['wall_s']} s, {third['llm_calls']} LLM calls", "<= 60 s, 0 calls"))
+                self.rerun(url)
         finally:
             proc.kill()
-    if "index" in steps:
-        recs = work / "rerun" / "first.jsonl"
+
+    def records(self) -> Path:
+        """Records of the corpus: the full run's, or the layout parser's (no model)."""
+        recs = self.work / "rerun" / "first.jsonl"
         if not recs.exists():
-            recs = work / "records.jsonl"
-            from ..run.runner import Extractor, run
             from ..config import Settings
+            from ..run.runner import Extractor, run
 
-            s = Settings(data_dir=work / "layout")
-            asyncio.run(run([str(p) for p in corpus], Extractor(s, None, use_cache=False), recs, None, 8))
-        r = bench_index(recs, work / "index-data")
-        results["index"] = r
-    elif "retrieval" in steps:  # time queries on the index an earlier run built in --work
-        r = {**(earlier.get("index") or {}), **bench_retrieval(work / "index-data")}
-        results["index"] = r
-    if "stats" in steps:
-        r = bench_stats(corpus, work, a.stats_items)
-        results["stats"] = r
-        table.append((f"stats: grouped query over {r['items']:,} items (by category / month / 2 fields / region)",
-                      f"{r['stats_by_category_ms']} / {r['stats_by_decision_month_ms']} / {r['stats_by_drug_class_decision_year_ms']} / "
-                      f"{r['stats_by_body_region_ms']} ms", "<= 1000 ms"))
-        table.append(("page: facets + a page of items (all / filtered)", f"{r['page_home_ms']} / {r['page_home_filtered_ms']} ms", "<= 200 ms"))
-        save()
-    if "index" in steps or "retrieval" in steps:
-        table.append((f"5 index {r['chunks']} chunks (wordllama)", f"{r.get('chunks_per_s')} chunks/s, {r.get('disk_mb')} MB", ""))
-        table.append(("5 retrieval p50/p95 unfiltered", f"{r['unfiltered_p50_ms']}/{r['unfiltered_p95_ms']} ms", "p95 <= 50 ms"))
-        table.append(("5 retrieval p50/p95 broad filter", f"{r['broad_filter_p50_ms']}/{r['broad_filter_p95_ms']} ms", "p95 <= 100 ms"))
-        table.append(("5 retrieval p50/p95 narrow filter", f"{r['narrow_filter_p50_ms']}/{r['narrow_filter_p95_ms']} ms", "p95 <= 100 ms"))
-        save()
-        if "ask" in steps:
-            r = bench_cold_ask(work / "index-data")
-            results["cold_ask"] = r
-            table.append(("6 imr ask cold start, no LLM", f"median {r['median_s']} s, max {r['max_s']} s", "<= 2 s"))
-    from rich.console import Console
-    from rich.table import Table
+            recs = self.work / "records.jsonl"
+            s = Settings(data_dir=self.work / "layout")
+            asyncio.run(run([str(p) for p in self.corpus], Extractor(s, None, use_cache=False), recs, None, 8))
+        return recs
 
-    t = Table("measure", "result", "target", title=f"imr-llm bench · {results['machine']} · n={a.n}")
-    for row in table:
-        t.add_row(*row)
-    Console().print(t)
-    Path(a.out).write_text(json.dumps(results, indent=1))
-    print(f"wrote {a.out}")
+    def index(self) -> None:
+        if "index" in self.steps:
+            r = bench_index(self.records(), self.work / "index-data")
+        else:  # time queries on the index an earlier run built in --work
+            r = {**(self.earlier.get("index") or {}), **bench_retrieval(self.work / "index-data")}
+        self.results["index"] = r
+        self.row(f"5 index {r['chunks']} chunks (wordllama)", f"{r.get('chunks_per_s')} chunks/s, {r.get('disk_mb')} MB", "")
+        for name, label, target in (("unfiltered", "unfiltered", "p95 <= 50 ms"), ("broad_filter", "broad filter", "p95 <= 100 ms"),
+                                    ("narrow_filter", "narrow filter", "p95 <= 100 ms")):
+            self.row(f"5 retrieval p50/p95 {label}", f"{r[name + '_p50_ms']}/{r[name + '_p95_ms']} ms", target)
+        self.save()
+        if "ask" in self.steps:
+            r = self.results["cold_ask"] = bench_cold_ask(self.work / "index-data")
+            self.row("6 imr ask cold start, no LLM", f"median {r['median_s']} s, max {r['max_s']} s", "<= 2 s")
+
+    def stats(self) -> None:
+        r = self.results["stats"] = bench_stats(self.corpus, self.work, self.a.stats_items)
+        self.row(f"stats: grouped query over {r['items']:,} items (by category / month / 2 fields / region)",
+                 f"{r['stats_by_category_ms']} / {r['stats_by_decision_month_ms']} / {r['stats_by_drug_class_decision_year_ms']} / "
+                 f"{r['stats_by_body_region_ms']} ms", "<= 1000 ms")
+        self.row("page: facets + a page of items (all / filtered)", f"{r['page_home_ms']} / {r['page_home_filtered_ms']} ms", "<= 200 ms")
+        self.save()
+
+    def report(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table("measure", "result", "target", title=f"imr-llm bench · {self.results['machine']} · n={self.a.n}")
+        for row in self.table:
+            t.add_row(*row)
+        Console().print(t)
+        Path(self.a.out).write_text(json.dumps(self.results, indent=1))
+        print(f"wrote {self.a.out}")
+
+
+def cmd_run(a) -> None:
+    r = _Run(a)
+    if "parse" in r.steps:
+        r.parse()
+    if "tokens" in r.steps:
+        r.tokens()
+    if r.steps & {"extract", "rerun"}:
+        r.through_server()
+    if r.steps & {"index", "retrieval"}:
+        r.index()
+    if "stats" in r.steps:
+        r.stats()
+    r.report()
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import die, get_settings
+from .common import die, get_settings, start_provider
 
 
 def ask(
@@ -28,7 +28,7 @@ def ask(
     """Answer a precedent question with citations to letters, items and passages."""
     from ..query.answer import AnswerError, ask as run_ask
     from ..core.filters import FilterError, Filters
-    from ..index import Index, IndexError_
+    from ..index import Index, IndexProblem
     from .render import render
 
     if question is not None and not question.strip():
@@ -44,21 +44,14 @@ def ask(
         die(str(e))
     try:
         idx = Index(s.data_dir, embedder=None, local_only=s.local_only)
-    except IndexError_ as e:
+    except IndexProblem as e:
         die(str(e))
-    provider = None
-    if s.provider != "none":
-        from ..providers.llm import Provider
-
-        try:
-            provider = Provider(s)
-        except Exception as e:  # llama-cpp-python not installed, a model file that will not load...
-            die(f"cannot start model {s.label}: {type(e).__name__}: {str(e)[:160]}")
+    provider = start_provider(s)
 
     def one(q: str) -> None:
         try:
             res = run_ask(idx, q, k=k, filters=f, provider=provider, model_label=s.label)
-        except (IndexError_, FilterError, AnswerError) as e:
+        except (IndexProblem, FilterError, AnswerError) as e:
             die(str(e))
         if as_json:
             print(json.dumps(res.to_dict(), indent=2))

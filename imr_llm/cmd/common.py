@@ -23,3 +23,19 @@ def get_settings(model: str | None, local_only: bool = False, need_key: bool = T
 
 def notice(msg: str) -> None:
     print(f"note: {msg}", file=sys.stderr)
+
+
+def start_provider(s: Settings, debug: bool = False):
+    """The model provider ``s`` names (None for none), or one line saying why it cannot start."""
+    if s.provider == "none":
+        return None
+    from ..providers.llm import Provider
+
+    try:
+        return Provider(s)
+    except Exception as e:  # llama-cpp-python not installed, a model file that will not load...
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        die(f"cannot start model {s.label}: {type(e).__name__}: {str(e)[:160]}")

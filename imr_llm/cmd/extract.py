@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,7 +15,7 @@ from rich.text import Text
 from ..run import outputs, runner
 from ..core.load import LetterError, expand_inputs, read_letter
 from ..core.models import DecisionRecord
-from .common import die, get_settings, notice
+from .common import die, get_settings, notice, start_provider
 
 
 def extract(
@@ -88,17 +87,9 @@ def run_files(files: list[str], input_errors: list[str], s, out: Path, csv: Opti
         die("--workers needs the cache (finished letters are kept there): drop --no-cache")
     if workers > 1 and s.provider == "llama-cpp":
         die("--workers > 1 would load the in-process model once per worker; use --workers 1 (llama.cpp already uses every core)")
-    provider = None
     if s.provider == "none":
         notice(runner.NO_MODEL_NOTICE)
-    elif workers == 1:  # with workers each process starts its own
-        from ..providers.llm import Provider
-        try:
-            provider = Provider(s)
-        except Exception as e:
-            if debug:
-                traceback.print_exc()
-            die(f"cannot start model {s.label}: {e}")
+    provider = start_provider(s, debug) if workers == 1 else None  # with workers each process starts its own
     ex = runner.Extractor(s, provider, use_cache=use_cache)
     if debug:
         ex.one = ex.outcome  # type: ignore[method-assign]  # raise inside, for a traceback

@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 
 from ..config import ConfigError, env
-from ..index import Index, IndexError_, read_records, rebuild
+from ..index import Index, IndexProblem, read_records
+from ..index.rebuild import rebuild
 from .common import die, get_settings, notice
 
 
@@ -23,7 +24,7 @@ def _index(records: Path, rebuild_all: bool, local_only: bool) -> None:
         else:
             idx = Index(s.data_dir, embedder=spec, create=True, local_only=s.local_only)
             stats = idx.add(read_records(records))
-    except (IndexError_, ConfigError) as e:
+    except (IndexProblem, ConfigError) as e:
         die(str(e))
     except FileNotFoundError as e:
         die(f"{e.filename}: no such file")
@@ -54,7 +55,7 @@ def _upgrade(local_only: bool) -> None:
     try:
         idx = Index(s.data_dir, embedder=None, create=True, local_only=s.local_only)
         idx.build_lexical()  # facet mirrors with the new columns
-    except (IndexError_, ConfigError) as e:
+    except (IndexProblem, ConfigError) as e:
         die(str(e))
     done = idx.upgraded
     idx.close()

@@ -25,7 +25,7 @@ def precedent(
     """How many similar past items, the overturn rate with its 95% interval, recurring reasons and
     guidelines, and the closest letters with the sentence that decided them (cited by offsets)."""
     from ..core.filters import FilterError, canonical_value
-    from ..index import Index, IndexError_
+    from ..index import Index, IndexProblem
     from ..core.load import LetterError, read_letter
     from ..query.precedent import find
 
@@ -44,7 +44,7 @@ def precedent(
     try:
         regions = [canonical_value("region", r) for r in region]
         res = find(Index(s.data_dir, embedder=None), request, after_surgery, fusion, regions or None, k)
-    except (IndexError_, FilterError) as e:
+    except (IndexProblem, FilterError) as e:
         die(str(e))
     if as_json:
         print(json.dumps(res, indent=2))

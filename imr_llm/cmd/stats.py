@@ -27,7 +27,7 @@ def stats(
     """Items, letters, upheld, overturned and the overturn rate with its 95% interval, per group."""
     from ..query.answer import latest_decision
     from ..core.filters import FilterError, Filters
-    from ..index import Index, IndexError_
+    from ..index import Index, IndexProblem
     from ..core.question import read
     from ..query.stats import compute, load_facets
 
@@ -41,7 +41,7 @@ def stats(
             f, unused = r.filters, r.unused
         f = f.merged(Filters.parse(filter_))
         res = compute(idx.store, by, f, load_facets(idx.dir))
-    except (IndexError_, FilterError, ValueError) as e:
+    except (IndexProblem, FilterError, ValueError) as e:
         die(str(e))
     if unused:
         res["unused_words"] = unused
@@ -84,7 +84,7 @@ def export(
 ) -> None:
     """The indexed records as two tables: items (one row per disputed item) and letters."""
     from ..query.export import write
-    from ..index import Index, IndexError_
+    from ..index import Index, IndexProblem
 
     if parquet:
         try:
@@ -94,7 +94,7 @@ def export(
     s = get_settings(None)
     try:
         idx = Index(s.data_dir, embedder=None)
-    except IndexError_ as e:
+    except IndexProblem as e:
         die(str(e))
     for name, path in write(idx.store, out, parquet).items():
         print(f"{name}: {path}")

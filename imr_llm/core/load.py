@@ -96,6 +96,11 @@ def normalize(text: str, blank_gap: bool = False) -> Normalized:
     sentences whole). In our own PDF text an empty line is the page join, which never splits. The map is kept
     as linear pieces (a line, or a word where a line has odd spacing), so it costs little.
     """
+    return _join(*_pieces(text, blank_gap))
+
+
+def _pieces(text: str, blank_gap: bool) -> tuple[list[list], list[str]]:
+    """The kept pieces of text ([original start, text]) and the separator to put before each."""
     pieces: list[list] = []  # [orig_start, text]
     seps: list[str] = []  # separator placed *before* pieces[i]
     pending = ""
@@ -139,6 +144,10 @@ def normalize(text: str, blank_gap: bool = False) -> Normalized:
     for i, sep in enumerate(seps):
         if sep == "\n?":
             seps[i] = "\n" if pieces[i][1][:1].isupper() or pieces[i][1][:1].isdigit() else " "
+    return pieces, seps
+
+
+def _join(pieces: list[list], seps: list[str]) -> Normalized:
     out: list[str] = []
     norm_starts: list[int] = []
     orig_starts: list[int] = []

@@ -30,6 +30,7 @@ class Chunk:
     end: int
     context: str
     meta: dict = field(default_factory=dict)
+    quote: str = ""  # the letter's exact text[start:end] (what answers quote)
 
     @property
     def embed_text(self) -> str:
@@ -105,5 +106,6 @@ def chunks_for(rec: DecisionRecord, budget: int = BUDGET) -> list[Chunk]:
         for n, (s, e) in enumerate(split(ev.quote, ev.start, budget)):
             text = _WS.sub(" ", ev.quote[s - ev.start:e - ev.start]).strip()
             cid = f"{rec.letter_id}:{'s' if item_index < 0 else item_index}:{n}"
-            out.append(Chunk(cid, rec.letter_id, item_index, n, text, s, e, ctx, {**meta, "start": s, "end": e}))
+            out.append(Chunk(cid, rec.letter_id, item_index, n, text, s, e, ctx, {**meta, "start": s, "end": e},
+                             ev.quote[s - ev.start:e - ev.start]))
     return out

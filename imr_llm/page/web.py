@@ -217,9 +217,9 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
     async def on_error(request: Request, exc: Exception) -> Response:
         if getattr(exc, "status_code", 500) == 404:
             return not_found("No such page.")
-        from ..index import IndexError_
+        from ..index import IndexProblem
 
-        if isinstance(exc, IndexError_):
+        if isinstance(exc, IndexProblem):
             return page("error.html", 503, title="No index", message=str(exc))
         return page("error.html", 500, title="Error", message=f"{type(exc).__name__}")
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -103,18 +102,9 @@ def _terms(text: str) -> set[str]:
     return {w[:6] for w in _WORD.findall(text.lower()) if w not in _STOP}
 
 
-def _original(index: Index, row: dict) -> tuple[str, int] | None:
-    """The original letter text of a chunk (from the stored record's evidence) and its offset."""
-    got = index.store.record(row["letter_id"])
-    if not got:
-        return None
-    rec = json.loads(got[0])
-    field_name = "clinical_summary" if row["item"] < 0 else f"items[{row['item']}].rationale"
-    ev = next((e for e in rec["evidence"] if e["field"] == field_name and e["status"] != "not_found"), None)
-    if not ev:
-        return None
-    s = row["start"] - ev["start"]
-    return ev["quote"][s:s + (row["end"] - row["start"])], row["start"]
+def _original(row: dict) -> tuple[str, int] | None:
+    """The exact letter text of a chunk (stored with it) and its offset in the letter."""
+    return (row["quote"], row["start"]) if row.get("quote") else None
 
 
 # The sentences that carry a decision are the reviewer's reasons for this case and the conclusion on
@@ -123,10 +113,10 @@ def _original(index: Index, row: dict) -> tuple[str, int] | None:
 ROLE_BONUS = {"case": 2.0, "conclusion": 1.5, "other": 0.0, "guideline": -2.0}
 
 
-def best_sentences(index: Index, question: str, row: dict, n: int = 2) -> list[tuple[int, int, str]]:
+def best_sentences(question: str, row: dict, n: int = 2) -> list[tuple[int, int, str]]:
     """(start, end, quote) in letter offsets of the sentences of a chunk that best explain its
     decision and match the question."""
-    orig = _original(index, row)
+    orig = _original(row)
     if orig is None:
         return []
     text, base = orig
@@ -149,7 +139,7 @@ def extractive(index: Index, question: str, hits: list[Hit], f: Filters) -> Answ
         mk = marker(row)
         head = f"{mk} {row['request'] or 'Clinical case summary'}" + (f" — {row['decision']}" if row["decision"] else "")
         lines.append(head)
-        for s, e, q in best_sentences(index, question, row):
+        for s, e, q in best_sentences(question, row):
             lines.append(f"    “{' '.join(q.split())}”")
             cites.append(Citation(mk, row["letter_id"], row["cite_id"], row["item"] + 1, row["source_path"], s, e, q))
     if not hits:
@@ -204,7 +194,7 @@ def llm_answer(index: Index, provider, question: str, hits: list[Hit], f: Filter
             removed.append(f"[{c.source}] cites a passage that was not retrieved")
             continue
         row = hits[c.source - 1].row
-        orig = _original(index, row)
+        orig = _original(row)
         hit = locate(c.quote, orig[0]) if orig else None
         if hit is None:
             removed.append(f"[{c.source}] quote not found in {marker(row)}: {c.quote[:80]!r}")

@@ -63,7 +63,7 @@ def find(index, request: str, after_surgery: bool = False, fusion: bool = False,
         row = h.row
         if row["item"] < 0:
             continue
-        sents = best_sentences(index, f"why was {request} {row.get('decision', '')}", row, n=1)
+        sents = best_sentences(f"why was {request} {row.get('decision', '')}", row, n=1)
         s, e, quote = sents[0] if sents else (row["start"], row["start"], "")
         precedents.append({"letter_id": row["letter_id"], "case_number": row["cite_id"], "item": row["item"] + 1,
                            "request": row["request"], "category": row["category"], "decision": row["decision"],

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import env
 from ..core.filters import Filters
-from ..index import Index, IndexError_
+from ..index import Index, IndexProblem
 
 RRF_K = 60
 SMALL_SET = 4000
@@ -56,10 +56,10 @@ class Retriever:
                 if self._bm and self._bm.scores["num_docs"] != len(self._ids) or (
                         self._dense is not None and self._dense.shape[0] != len(self._ids)):
                     raise ValueError("its files do not agree on the number of passages")
-            except IndexError_:
+            except IndexProblem:
                 raise
             except Exception as e:  # a deleted or truncated file of the lexical index or mirror
-                raise IndexError_(f"the lexical index in {d} is damaged ({type(e).__name__}: {str(e)[:100]}); "
+                raise IndexProblem(f"the lexical index in {d} is damaged ({type(e).__name__}: {str(e)[:100]}); "
                                   f"run `imr index --rebuild RECORDS`") from None
         return self._bm
 
@@ -72,7 +72,7 @@ class Retriever:
                 with np.load(path, allow_pickle=False) as z:
                     self._facets = {k: z[k] for k in z.files}
             except Exception as e:
-                raise IndexError_(f"{path} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+                raise IndexProblem(f"{path} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
         return self._facets
 
     def lexical(self, query: str, n: int, mask: np.ndarray | None = None) -> list[str]:
@@ -106,10 +106,10 @@ class Retriever:
             if not total:
                 return []
             res = col.query(query_embeddings=qv.tolist(), n_results=min(n, total), include=[])
-        except IndexError_:
+        except IndexProblem:
             raise
         except Exception as e:
-            raise IndexError_(f"the Chroma index of {self.index.dir} cannot be searched ({type(e).__name__}: {str(e)[:120]}); "
+            raise IndexProblem(f"the Chroma index of {self.index.dir} cannot be searched ({type(e).__name__}: {str(e)[:120]}); "
                               f"run `imr index --rebuild RECORDS` (or unset IMR_DENSE=chroma to use the mirror)") from None
         return res["ids"][0]
 

@@ -216,7 +216,7 @@ def load_facets(index_dir) -> dict | None:
     """``items.npz`` of an index folder, or None (then ``compute`` counts in SQL)."""
     from pathlib import Path
 
-    from ..index import IndexError_
+    from ..index import IndexProblem
 
     p = Path(index_dir) / "bm25" / "items.npz"
     if not p.exists():
@@ -225,7 +225,7 @@ def load_facets(index_dir) -> dict | None:
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:
-        raise IndexError_(f"{p} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+        raise IndexProblem(f"{p} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
 
 
 def facet_counts(fz: dict, f: Filters, columns: dict[str, tuple[str, str | None]]) -> tuple[int, int, dict[str, dict[str, int]]]:
