@@ -291,7 +291,21 @@ def test_an_index_of_the_previous_format_is_upgraded_in_place(letter):
     assert runner.invoke(app, ["ingest", str(letter)]).exit_code == 0
     data = Path(os.environ["IMR_DATA_DIR"])
     before = json.loads(runner.invoke(app, ["ask", "How many requests were upheld?", "--json"]).output)["count"]
+    import numpy as np
+
+    from imr_llm.index.store import Store
+
+    st = Store(data / "index" / "store.sqlite")
+    jsons = {lid: st.record(lid)[0] for (lid,) in st.db.execute("SELECT letter_id FROM records").fetchall()}
+    st.db.close()
     db = sqlite3.connect(data / "index" / "store.sqlite")
+    # formats 1-3 kept records as plain JSON and vectors as float32
+    db.execute("ALTER TABLE records ADD COLUMN json TEXT")
+    for lid, js in jsons.items():
+        db.execute("UPDATE records SET json=? WHERE letter_id=?", (js, lid))
+    for rowid, v in db.execute("SELECT rowid, vec FROM chunks").fetchall():
+        db.execute("UPDATE chunks SET vec=? WHERE rowid=?", (np.frombuffer(v, dtype=np.float16).astype(np.float32).tobytes(), rowid))
+    db.execute("DELETE FROM meta WHERE k='record_zdict'")
     old_items = {"letter_id", "item", "cite_id", "request", "decision", "category", "regions", "had_surgery", "had_fusion",
                  "license_states", "licensed_outside_ca", "specialties", "guidelines", "denial_reasons", "decision_date"}
     for table, keep in (("items", old_items), ("records", {"letter_id", "cite_id", "source_path", "sha256", "json"})):
@@ -306,7 +320,7 @@ def test_an_index_of_the_previous_format_is_upgraded_in_place(letter):
     assert res.exit_code == 2 and "imr index --upgrade" in res.output
     res = runner.invoke(app, ["index", "--upgrade"])
     assert res.exit_code == 0 and "format 2: filter columns added and filled for 1 letters" in res.output, res.output
-    assert "format 3: the letter text of" in res.output, res.output
+    assert "format 3: the letter text of" in res.output and "format 4: 1 records compressed" in res.output, res.output
     after = json.loads(runner.invoke(app, ["ask", "How many requests were upheld?", "--json"]).output)["count"]
     assert after == before == 1
     # extractive answers quote from the upgraded chunk rows: each quote is the letter's text at its offsets

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +119,36 @@ def test_cache_roundtrip_is_compressed_and_a_damaged_file_is_one_line(tmp_path):
     bad.write_bytes(b"not a database" * 100)
     with pytest.raises(RuntimeError, match="cache database is damaged"):
         Cache(bad)
+
+
+def test_store_keeps_records_exact_and_compressed_and_vectors_at_half_precision(tmp_path):
+    """Records come back byte for byte after a reopen (the dictionary is the store's own); they take
+    a fraction of their JSON; vectors are float16 and come back within float16's rounding."""
+    from imr_llm.core.load import read_letter
+    from imr_llm.extract.assemble import analyse, assemble
+    from imr_llm.index.chunk import chunks_for
+    from imr_llm.index.store import Store
+
+    letters = sorted((Path(__file__).parent.parent / "evals" / "letters").glob("*.txt"))[:4]
+    recs = [assemble(lt, analyse(lt)) for lt in map(read_letter, letters)]
+    st = Store(tmp_path / "store.sqlite")
+    for r in recs:
+        st.put_letter(r, chunks_for(r))
+    chunks = chunks_for(recs[0])
+    vecs = np.random.default_rng(0).normal(size=(len(chunks), 8)).astype(np.float32)
+    st.set_vectors([c.id for c in chunks], vecs)
+    st.commit()
+    st.db.close()
+    st = Store(tmp_path / "store.sqlite")
+    for r in recs:
+        js, paths = st.record(r.letter_id)
+        assert js == r.model_dump_json() and paths == [r.source_path]
+    stored = sum(len(d) for (d,) in st.db.execute("SELECT data FROM records"))
+    assert stored < 0.3 * sum(len(r.model_dump_json().encode()) for r in recs)
+    got = np.vstack([v for v in st.vectors() if v is not None])
+    assert got.dtype == np.float32 and np.allclose(got, vecs, rtol=1e-3, atol=1e-3)
+    rows = st.rows([c.id for c in chunks])
+    assert all(rows[c.id]["quote"] == c.quote and rows[c.id]["text"] == c.text for c in chunks)
 
 
 def test_filters_sql_row_check_and_facet_mask_agree(tmp_path):

@@ -41,6 +41,11 @@ class Chunk:
         return hashlib.sha256(self.embed_text.encode()).hexdigest()[:16]
 
 
+def flat(quote: str) -> str:
+    """A chunk's text as embedded and indexed: the letter's words with whitespace folded."""
+    return _WS.sub(" ", quote).strip()
+
+
 def sentences(text: str) -> list[tuple[int, int]]:
     """(start, end) of sentences in ``text`` (original, with line breaks)."""
     out, pos = [], 0
@@ -104,7 +109,7 @@ def chunks_for(rec: DecisionRecord, budget: int = BUDGET) -> list[Chunk]:
         ctx = context_for(rec, item_index)
         meta = {**row_values(rec, item_index), "item": item_index}  # Chroma keeps a few of these
         for n, (s, e) in enumerate(split(ev.quote, ev.start, budget)):
-            text = _WS.sub(" ", ev.quote[s - ev.start:e - ev.start]).strip()
+            text = flat(ev.quote[s - ev.start:e - ev.start])
             cid = f"{rec.letter_id}:{'s' if item_index < 0 else item_index}:{n}"
             out.append(Chunk(cid, rec.letter_id, item_index, n, text, s, e, ctx, {**meta, "start": s, "end": e},
                              ev.quote[s - ev.start:e - ev.start]))

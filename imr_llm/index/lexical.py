@@ -33,7 +33,7 @@ def build(store: Store, index_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     ids = [r[1] for r in rows]
-    vecs = [np.frombuffer(v, dtype=np.float32) if v else None for (v,) in store.db.execute("SELECT vec FROM chunks ORDER BY rowid")]
+    vecs = list(store.vectors())
     if rows and all(v is not None for v in vecs):
         np.save(tmp / "dense.npy", np.vstack(vecs))
     if rows:
@@ -43,8 +43,7 @@ def build(store: Store, index_dir: Path) -> None:
         bm.index(toks, show_progress=False)
         bm.save(str(tmp), show_progress=False)
     (tmp / "ids.json").write_text(json.dumps(ids))
-    cols = ", ".join(f'"{c}"' for c in COLUMNS)
-    write_facets(store.db.execute(f"SELECT {cols} FROM chunks ORDER BY rowid"), tmp / "facets.npz")
+    write_facets(store.chunk_columns(list(COLUMNS)), tmp / "facets.npz")
     store.write_item_facets(tmp / "items.npz")
     old = index_dir / f"bm25.old-{os.getpid()}"
     if final.exists():

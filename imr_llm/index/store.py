@@ -6,8 +6,10 @@ counting and listing questions are answered here exactly, and the lexical index 
 """
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -15,22 +17,28 @@ import numpy as np
 
 from ..core.filters import COLUMNS, Filters, row_values, write_facets
 from ..core.models import DecisionRecord
-from .chunk import Chunk
+from .chunk import Chunk, flat
 from .problems import IndexProblem
 
-INDEX_FORMAT = "3"  # 2: filter columns from filters.COLUMNS (drug class, partial, dates, counts); 3: chunks.quote
+# 2: filter columns from filters.COLUMNS (drug class, partial, dates, counts); 3: chunks.quote;
+# 4: records compressed (zlib with the index's dictionary), chunk text only as quote, vectors float16
+INDEX_FORMAT = "4"
+VEC_DTYPE = np.float16  # half the bytes; recall@10 against float32 exact search measured in BENCHMARKS.md
 
 
 # Filter columns (``filters.COLUMNS``) sit on both tables: items answer counts exactly, chunks are
 # what retrieval filters. The rest of each table is written out here.
 _ITEM_BASE = {"letter_id": "TEXT", "item": "INTEGER", "cite_id": "TEXT", "request": "TEXT", "drug": "TEXT",
               "guidelines": "TEXT", "denial_reasons": "TEXT"}
-_CHUNK_BASE = {"id": "TEXT UNIQUE", "letter_id": "TEXT", "item": "INTEGER", "n": "INTEGER", "text": "TEXT", "quote": "TEXT", "context": "TEXT",
+_CHUNK_BASE = {"id": "TEXT UNIQUE", "letter_id": "TEXT", "item": "INTEGER", "n": "INTEGER", "quote": "TEXT", "context": "TEXT",
                "start": "INTEGER", "end": "INTEGER", "digest": "TEXT", "cite_id": "TEXT", "source_path": "TEXT",
                "request": "TEXT", "guidelines": "TEXT", "denial_reasons": "TEXT"}
 ITEM_COLUMNS = {**_ITEM_BASE, **{c: t for c, t in COLUMNS.items() if c not in _ITEM_BASE}}
 ITEM_FACETS = [c for c in ITEM_COLUMNS if c not in ("request", "drug")]  # what stats and the page group and filter by
 CHUNK_COLUMNS = {**_CHUNK_BASE, **{c: t for c, t in COLUMNS.items() if c not in _CHUNK_BASE}}
+
+
+_ROW_COLUMNS = ", ".join(["rowid"] + [f'"{c}"' for c in CHUNK_COLUMNS])  # every column but the vector
 
 
 def _cols(d: dict[str, str]) -> str:
@@ -39,7 +47,7 @@ def _cols(d: dict[str, str]) -> str:
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
-CREATE TABLE IF NOT EXISTS records (letter_id TEXT PRIMARY KEY, cite_id TEXT, source_path TEXT, sha256 TEXT, json TEXT,
+CREATE TABLE IF NOT EXISTS records (letter_id TEXT PRIMARY KEY, cite_id TEXT, source_path TEXT, sha256 TEXT, data BLOB,
   paths TEXT);
 CREATE INDEX IF NOT EXISTS records_sha ON records(sha256);
 CREATE TABLE IF NOT EXISTS items ({_cols(ITEM_COLUMNS)}, PRIMARY KEY (letter_id, item));
@@ -76,8 +84,8 @@ class Store:
         kept = self.db.execute("SELECT paths, sha256 FROM records WHERE letter_id=?", (rec.letter_id,)).fetchone()
         # copies listed with the letter stay listed while its content is the same
         paths = [p for p in json.loads(kept[0] or "[]") if p != rec.source_path] if kept and kept[1] == rec.sha256 else []
-        self.db.execute("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?)",
-                        (rec.letter_id, rec.cite_id, rec.source_path, rec.sha256, rec.model_dump_json(),
+        self.db.execute("INSERT OR REPLACE INTO records (letter_id, cite_id, source_path, sha256, data, paths) VALUES (?,?,?,?,?,?)",
+                        (rec.letter_id, rec.cite_id, rec.source_path, rec.sha256, self.pack(rec.model_dump_json()),
                          json.dumps([rec.source_path] + paths)))
         self.db.execute("DELETE FROM items WHERE letter_id=?", (rec.letter_id,))
         rows = [_item_row(rec, i) for i in range(len(rec.items))]
@@ -141,13 +149,13 @@ class Store:
 
     def record(self, letter_id: str) -> tuple[str, list[str]] | None:
         """(record JSON, every path the letter came from), or None for an unknown id."""
-        got = self.db.execute("SELECT json, paths FROM records WHERE letter_id=?", (letter_id,)).fetchone()
-        return (got[0], json.loads(got[1] or "[]")) if got else None
+        got = self.db.execute("SELECT data, paths FROM records WHERE letter_id=?", (letter_id,)).fetchone()
+        return (self.unpack(got[0]), json.loads(got[1] or "[]")) if got else None
 
     def records(self) -> Iterator[tuple[str, list[str]]]:
         """(record JSON, paths) of every letter, in source-path order."""
-        for js, paths in self.db.execute("SELECT json, paths FROM records ORDER BY source_path"):
-            yield js, json.loads(paths or "[]")
+        for data, paths in self.db.execute("SELECT data, paths FROM records ORDER BY source_path"):
+            yield self.unpack(data), json.loads(paths or "[]")
 
     def letter_paths(self) -> dict[str, tuple[str, list[str]]]:
         return {lid: (src, json.loads(ps or "[]")) for lid, src, ps in self.db.execute("SELECT letter_id, source_path, paths FROM records")}
@@ -182,14 +190,45 @@ class Store:
         order = np.array([r[-1] for r in rows], dtype=np.int64)  # rowids, newest decision first (the page's order)
         write_facets((r[:-1] for r in rows), path, cols, {"rowid": order})
 
+    # -- records are stored compressed: zlib with a dictionary (the first record this store held) --
+    # records repeat their keys, guideline names and boilerplate; measured 15.9 KB -> 2.1 KB a real
+    # letter (3.0 KB without the dictionary). The dictionary never changes for a store.
+    def _zdict(self, sample: str | None = None) -> bytes | None:
+        if getattr(self, "_zd", None) is None:
+            have = self.get_meta("record_zdict")
+            if have is None and sample is not None:
+                have = base64.b64encode(sample.encode()[-32768:]).decode()
+                self.set_meta("record_zdict", have)
+            self._zd = base64.b64decode(have) if have is not None else None
+        return self._zd
+
+    def pack(self, record_json: str) -> bytes:
+        co = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict(record_json))
+        return co.compress(record_json.encode()) + co.flush()
+
+    def unpack(self, data: bytes) -> str:
+        do = zlib.decompressobj(15, self._zdict())
+        return (do.decompress(data) + do.flush()).decode()
+
     def set_vectors(self, ids: list[str], vecs) -> None:
-        self.db.executemany("UPDATE chunks SET vec=? WHERE id=?", [(v.astype("float32").tobytes(), i) for i, v in zip(ids, vecs)])
+        self.db.executemany("UPDATE chunks SET vec=? WHERE id=?", [(np.asarray(v, dtype=VEC_DTYPE).tobytes(), i) for i, v in zip(ids, vecs)])
+
+    def vectors(self) -> Iterator[np.ndarray | None]:
+        """Every chunk's vector (float32), in rowid order; None where none was written."""
+        for (v,) in self.db.execute("SELECT vec FROM chunks ORDER BY rowid"):
+            yield np.frombuffer(v, dtype=VEC_DTYPE).astype(np.float32) if v else None
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
+    def chunk_columns(self, cols: list[str]) -> Iterator[tuple]:
+        """``cols`` of every chunk in rowid order (the facet columns beside the lexical index)."""
+        yield from self.db.execute(f"SELECT {', '.join(f'[{c}]' for c in cols)} FROM chunks ORDER BY rowid")
+
     def all_texts(self) -> Iterator[tuple[int, str, str]]:
-        yield from self.db.execute("SELECT rowid, id, context || ' ' || text FROM chunks ORDER BY rowid")
+        """(rowid, chunk id, context and text): what the lexical index reads."""
+        for rowid, cid, context, quote in self.db.execute("SELECT rowid, id, context, quote FROM chunks ORDER BY rowid"):
+            yield rowid, cid, f"{context} {flat(quote or '')}"
 
     def rows(self, ids: Iterable[str]) -> dict[str, dict]:
         ids = list(ids)
@@ -197,10 +236,11 @@ class Store:
         cur = self.db.cursor()
         for i in range(0, len(ids), 900):
             part = ids[i:i + 900]
-            cur.execute(f"SELECT * FROM chunks WHERE id IN ({','.join('?' * len(part))})", part)
+            cur.execute(f"SELECT {_ROW_COLUMNS} FROM chunks WHERE id IN ({','.join('?' * len(part))})", part)
             cols = [d[0] for d in cur.description]
             for r in cur.fetchall():
                 d = dict(zip(cols, r))
+                d["text"] = flat(d["quote"] or "")
                 out[d["id"]] = d
         return out
 
@@ -252,8 +292,30 @@ def _migrate_to_3(store: "Store") -> str:
     return f"format 3: the letter text of {n} chunks stored with them"
 
 
+def _migrate_to_4(store: "Store") -> str:
+    """Format 3 -> 4: records compressed, the chunks' folded text dropped (it is their quote with
+    whitespace folded), vectors at half precision. The file shrinks at the next VACUUM."""
+    db = store.db
+    rec_cols = {r[1] for r in db.execute("PRAGMA table_info(records)")}
+    if "data" not in rec_cols:
+        db.execute("ALTER TABLE records ADD COLUMN data BLOB")
+    n = 0
+    if "json" in rec_cols:
+        for lid, js in db.execute("SELECT letter_id, json FROM records").fetchall():
+            db.execute("UPDATE records SET data=? WHERE letter_id=?", (store.pack(js), lid))
+            n += 1
+        db.execute("ALTER TABLE records DROP COLUMN json")
+    if "text" in {r[1] for r in db.execute("PRAGMA table_info(chunks)")}:
+        db.execute("ALTER TABLE chunks DROP COLUMN text")
+    m = 0
+    for rowid, v in db.execute("SELECT rowid, vec FROM chunks WHERE vec IS NOT NULL").fetchall():
+        db.execute("UPDATE chunks SET vec=? WHERE rowid=?", (np.frombuffer(v, dtype=np.float32).astype(VEC_DTYPE).tobytes(), rowid))
+        m += 1
+    return f"format 4: {n} records compressed, {m} vectors at half precision"
+
+
 # (index format reached, step): run in order by Store.migrate
-MIGRATIONS = [(2, _migrate_to_2), (3, _migrate_to_3)]
+MIGRATIONS = [(2, _migrate_to_2), (3, _migrate_to_3), (4, _migrate_to_4)]
 
 
 def _insert(table: str, cols: dict[str, str], upsert: bool = False) -> str:
@@ -273,6 +335,6 @@ def _item_row(rec: DecisionRecord, i: int) -> dict:
 
 def _chunk_row(rec: DecisionRecord, c: Chunk, item_rows: list[dict]) -> dict:
     base = item_rows[c.item] if c.item >= 0 else {**row_values(rec, -1), "request": "", "guidelines": "|", "denial_reasons": "|"}
-    return {**base, "id": c.id, "item": c.item, "n": c.n, "text": c.text, "quote": c.quote, "context": c.context, "start": c.start,
+    return {**base, "id": c.id, "item": c.item, "n": c.n, "quote": c.quote, "context": c.context, "start": c.start,
             "end": c.end, "digest": c.digest, "cite_id": rec.cite_id, "source_path": rec.source_path,
             "kind": "summary" if c.item < 0 else "rationale"}
