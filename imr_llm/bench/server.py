@@ -1,6 +1,7 @@
 """A loopback OpenAI-compatible server for tests and load benchmarks (127.0.0.1 only).
 
-Real HTTP/1.1 with keep-alive, so numbers include the whole openai + instructor client stack.
+Starlette routes served by uvicorn on a background thread: real HTTP/1.1 with keep-alive, so
+numbers include the whole openai + instructor client stack.
 Answers ``/v1/chat/completions`` with a forced tool call whose arguments are either
 
 * ``recorded``: a real model's answer recorded earlier, looked up by the sha256 of the user
@@ -17,14 +18,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import uvicorn
+from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from ..core import lexicon as lx
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,6 +122,102 @@ def synthetic_answer(user: str, invent: bool = False) -> dict:
     return {"answer": " ".join(parts) or "The passages do not answer the question.", "citations": cites}
 
 
+class _Regex(Convertor[str]):
+    def __init__(self, regex: str) -> None:
+        self.regex = regex
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+# Routes match as the hand-written server's path tests did: any prefix ending in "/" (so "/v1/models"
+# and "/models" both answer, like path.endswith("/models")), an empty file id, trailing slashes ignored.
+register_url_convertor("imr_prefix", _Regex("(?:.*/)?"))
+register_url_convertor("imr_segment", _Regex("[^/]*"))
+register_url_convertor("imr_slashes", _Regex("/*"))
+
+
+async def _drop(receive) -> None:
+    """Close the TCP connection without sending a byte (a simulated reset). ASGI has no message for
+    that, so abort the transport of uvicorn's request cycle, the object ``receive`` is bound to."""
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    if transport is None:
+        raise RuntimeError("the ASGI server does not expose its transport: cannot drop the connection")
+    transport.abort()
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _Endpoint:
+    """One route's ASGI app (any method unless the route lists some). The handler answers
+    ``(status, payload, headers)``, or None to drop the connection; a request it cannot answer
+    (bad JSON, missing fields) drops the connection too, as the hand-written server did."""
+
+    def __init__(self, owner: "FakeOpenAI", handler, label: str | None = None) -> None:
+        self.owner, self.handler, self.label = owner, handler, label
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        try:
+            result = await self.handler(request, await request.body())
+        except asyncio.CancelledError:
+            if not self.owner._stopping:
+                raise
+            result = None  # stop(): requests still waiting (latency, "timeout") end with their connection
+        except Exception as e:  # noqa: BLE001
+            if not isinstance(e, ValueError):
+                log.exception("fake server: %s %s", request.method, request.url.path)
+            result = None
+        if result is None:
+            await _drop(receive)
+            return
+        status, payload, extra = result
+        if self.label:
+            self.owner.stats.hit(status, self.label)
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        await Response(data, status, extra, "application/json")(scope, receive, send)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn on a pre-bound socket in a thread: reports when it listens, waits for stop() instead of
+    polling every 0.1 s, and stops at once: listener closed, idle keep-alive connections closed,
+    requests still running cancelled (their connections dropped, no response)."""
+
+    def __init__(self, config: uvicorn.Config, owner: "FakeOpenAI", ready: threading.Event) -> None:
+        super().__init__(config)
+        self.owner, self.ready = owner, ready
+        self.halt = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets=None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+        self.ready.set()
+
+    def request_stop(self) -> None:  # from another thread
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.halt.set)
+
+    async def main_loop(self) -> None:
+        await self.halt.wait()
+
+    async def shutdown(self, sockets=None) -> None:
+        self.owner._stopping = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.server_state.connections):
+            conn.shutdown()
+        tasks = [t for t in self.server_state.tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self.servers:
+            await server.wait_closed()
+
+
 class FakeOpenAI:
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
@@ -125,25 +233,53 @@ class FakeOpenAI:
         self.batches: dict[str, dict] = {}
         self.files: dict[str, bytes] = {}
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
+        e, pre = _Endpoint, "/{_p:imr_prefix}"
+        self.app = Starlette(routes=[
+            Route(pre + "models", e(self, self._models)),
+            Route(pre + "chat/completions", e(self, self._chat_route), methods=["POST"]),
+            Route(pre + "embeddings", e(self, self._embeddings), methods=["POST"]),
+            # Batch API: files upload/content and batches create/retrieve (completes after batch_polls polls)
+            Route(pre + "files", e(self, self._upload, "batch_api"), methods=["POST"]),
+            Route(pre + "files/{fid:imr_segment}/content{_s:imr_slashes}", e(self, self._file_content, "batch_api"), methods=["GET"]),
+            Route(pre + "batches", e(self, self._batch_create, "batch_api"), methods=["POST"]),
+            Route(pre + "batches/{bid}{_s:imr_slashes}", e(self, self._batch_retrieve, "batch_api"), methods=["GET"]),
+            Route("/{_p:path}", e(self, self._no_route)),  # any other path or method: 404, counted
+        ])
+        self._server: _Uvicorn | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = False
 
     # -- lifecycle
     def start(self) -> "FakeOpenAI":
+        # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so (proto 0 would
+        # leave Nagle on, and uvicorn's separate header and body writes would wait for delayed ACKs)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))  # loopback only, never another address
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, ws="none", lifespan="off", interface="asgi3", log_config=None, log_level="warning",
+                                server_header=False, date_header=False, proxy_headers=False, backlog=512,
+                                timeout_keep_alive=24 * 3600)  # idle keep-alive connections stay open, as before
         ready = threading.Event()
+        self._stopping = False
+        self._server = server = _Uvicorn(config, self, ready)
 
         def runner() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._conn, "127.0.0.1", 0, backlog=512))
-            self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
-            self._loop.run_forever()
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(server.serve(sockets=[sock]))
+            finally:
+                sock.close()
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+                ready.set()
 
         self._thread = threading.Thread(target=runner, daemon=True)
         self._thread.start()
         ready.wait(10)
+        if not server.started:
+            raise RuntimeError("the loopback server did not start")
         return self
 
     @property
@@ -151,17 +287,10 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def stop(self) -> None:
-        if self._loop and self._server:
-            async def shut() -> None:
-                self._server.close()
-                me = asyncio.current_task()
-                tasks = [t for t in asyncio.all_tasks() if t is not me]
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+        server, thread = self._server, self._thread
+        if server and thread and thread.is_alive():
+            server.request_stop()
+            thread.join(5)
 
     def __enter__(self) -> "FakeOpenAI":
         return self.start()
@@ -170,37 +299,6 @@ class FakeOpenAI:
         self.stop()
 
     # -- HTTP
-    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                method, path, _ = line.decode("latin-1").split(" ", 2)
-                headers = {}
-                while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    k, v = h.decode("latin-1").split(":", 1)
-                    headers[k.strip().lower()] = v.strip()
-                body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
-                result = await self._route(method, path.split("?")[0], body, headers)
-                if result is None:  # simulated connection reset
-                    writer.transport.abort()
-                    return
-                status, payload, extra = result
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'ERR'}", "content-type: application/json",
-                        f"content-length: {len(data)}", "connection: keep-alive"]
-                head += [f"{k}: {v}" for k, v in extra.items()]
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            try:
-                writer.close()
-            except Exception:
-                pass
-
     def _pick_fault(self) -> str | None:
         if self._script:
             f = self._script.pop(0)
@@ -220,24 +318,24 @@ class FakeOpenAI:
         self._window.append(now)
         return False
 
-    async def _route(self, method: str, path: str, body: bytes, headers: dict):
-        if path.endswith("/models"):
-            self.stats.hit(200)
-            return 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}, {}
-        if path.endswith("/chat/completions") and method == "POST":
-            return await self._chat(json.loads(body or b"{}"))
-        if path.endswith("/embeddings") and method == "POST":
-            req = json.loads(body or b"{}")
-            texts = req["input"] if isinstance(req["input"], list) else [req["input"]]
-            self.stats.hit(200, "embeddings")
-            return 200, {"object": "list", "model": req.get("model", "fake"), "usage": {"prompt_tokens": 0, "total_tokens": 0},
-                         "data": [{"object": "embedding", "index": i, "embedding": hashed_embedding(t)} for i, t in enumerate(texts)]}, {}
-        res = self._batch_api(method, path, body, headers)
-        if res is not None:
-            self.stats.hit(res[0], "batch_api")
-            return res
+    async def _models(self, request: Request, body: bytes):
+        self.stats.hit(200)
+        return 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}, {}
+
+    async def _chat_route(self, request: Request, body: bytes):
+        return await self._chat(json.loads(body or b"{}"))
+
+    async def _embeddings(self, request: Request, body: bytes):
+        req = json.loads(body or b"{}")
+        texts = req["input"] if isinstance(req["input"], list) else [req["input"]]
+        self.stats.hit(200, "embeddings")
+        return 200, {"object": "list", "model": req.get("model", "fake"), "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                     "data": [{"object": "embedding", "index": i, "embedding": hashed_embedding(t)} for i, t in enumerate(texts)]}, {}
+
+    async def _no_route(self, request: Request, body: bytes):
         self.stats.hit(404)
-        return 404, {"error": {"message": f"no route {method} {path}"}}, {}
+        path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+        return 404, {"error": {"message": f"no route {request.method} {path}"}}, {}
 
     async def _chat(self, req: dict):
         if self._rate_limited():
@@ -266,53 +364,54 @@ class FakeOpenAI:
         self.stats.hit(status, fault)
         return status, payload, {}
 
-    # -- Batch API: files upload/content and batches create/retrieve (completes after batch_polls polls)
-    def _batch_api(self, method: str, path: str, body: bytes, headers: dict):
-        parts = path.rstrip("/").split("/")
-        if path.endswith("/files") and method == "POST":
-            from email import policy
-            from email.parser import BytesParser
+    # -- Batch API (each answer is counted as a "batch_api" fault by its route)
+    async def _upload(self, request: Request, body: bytes):
+        from email import policy
+        from email.parser import BytesParser
 
-            msg = BytesParser(policy=policy.HTTP).parsebytes(b"Content-Type: " + headers.get("content-type", "").encode() + b"\r\n\r\n" + body)
-            data, name = b"", "upload.jsonl"
-            for part in msg.iter_parts():
-                if part.get_param("name", header="content-disposition") == "file":
-                    data = part.get_payload(decode=True)
-                    name = part.get_filename() or name
+        ctype = request.headers.get("content-type", "")
+        msg = BytesParser(policy=policy.HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
+        data, name = b"", "upload.jsonl"
+        for part in msg.iter_parts():
+            if part.get_param("name", header="content-disposition") == "file":
+                data = part.get_payload(decode=True)
+                name = part.get_filename() or name
+        fid = f"file-{len(self.files) + 1}"
+        self.files[fid] = data
+        return 200, {"id": fid, "object": "file", "bytes": len(data), "created_at": 0, "filename": name,
+                     "purpose": "batch", "status": "processed"}, {}
+
+    async def _file_content(self, request: Request, body: bytes):
+        return 200, self.files.get(request.path_params["fid"], b""), {}
+
+    async def _batch_create(self, request: Request, body: bytes):
+        req = json.loads(body)
+        lines = [json.loads(x) for x in self.files[req["input_file_id"]].decode().splitlines() if x.strip()]
+        bid = f"batch_{len(self.batches) + 1}"
+        self.batches[bid] = {"obj": {"id": bid, "object": "batch", "endpoint": req["endpoint"], "input_file_id": req["input_file_id"],
+                                     "completion_window": req["completion_window"], "status": "validating", "created_at": 0,
+                                     "request_counts": {"total": len(lines), "completed": 0, "failed": 0}},
+                             "lines": lines, "polls": 0}
+        return 200, self.batches[bid]["obj"], {}
+
+    async def _batch_retrieve(self, request: Request, body: bytes):
+        b = self.batches.get(request.path_params["bid"])
+        if b is None:
+            return 404, {"error": {"message": "no such batch"}}, {}
+        b["polls"] += 1
+        o, total = b["obj"], len(b["lines"])
+        if b["polls"] >= self.cfg.batch_polls and o["status"] != "completed":
+            out = []
+            for i, r in enumerate(b["lines"]):
+                out.append({"id": f"req_{i}", "custom_id": r["custom_id"],
+                            "response": {"status_code": 200, "request_id": f"r{i}", "body": self.completion(r["body"])}, "error": None})
             fid = f"file-{len(self.files) + 1}"
-            self.files[fid] = data
-            return 200, {"id": fid, "object": "file", "bytes": len(data), "created_at": 0, "filename": name,
-                         "purpose": "batch", "status": "processed"}, {}
-        if len(parts) >= 2 and parts[-1] == "content" and parts[-3] == "files" and method == "GET":
-            return 200, self.files.get(parts[-2], b""), {}
-        if path.endswith("/batches") and method == "POST":
-            req = json.loads(body)
-            lines = [json.loads(x) for x in self.files[req["input_file_id"]].decode().splitlines() if x.strip()]
-            bid = f"batch_{len(self.batches) + 1}"
-            self.batches[bid] = {"obj": {"id": bid, "object": "batch", "endpoint": req["endpoint"], "input_file_id": req["input_file_id"],
-                                         "completion_window": req["completion_window"], "status": "validating", "created_at": 0,
-                                         "request_counts": {"total": len(lines), "completed": 0, "failed": 0}},
-                                 "lines": lines, "polls": 0}
-            return 200, self.batches[bid]["obj"], {}
-        if len(parts) >= 2 and parts[-2] == "batches" and method == "GET":
-            b = self.batches.get(parts[-1])
-            if b is None:
-                return 404, {"error": {"message": "no such batch"}}, {}
-            b["polls"] += 1
-            o, total = b["obj"], len(b["lines"])
-            if b["polls"] >= self.cfg.batch_polls and o["status"] != "completed":
-                out = []
-                for i, r in enumerate(b["lines"]):
-                    out.append({"id": f"req_{i}", "custom_id": r["custom_id"],
-                                "response": {"status_code": 200, "request_id": f"r{i}", "body": self.completion(r["body"])}, "error": None})
-                fid = f"file-{len(self.files) + 1}"
-                self.files[fid] = "".join(json.dumps(x) + "\n" for x in out).encode()
-                o.update(status="completed", output_file_id=fid, request_counts={"total": total, "completed": total, "failed": 0})
-            elif o["status"] != "completed":
-                done = min(total, total * b["polls"] // max(1, self.cfg.batch_polls))
-                o.update(status="in_progress", request_counts={"total": total, "completed": done, "failed": 0})
-            return 200, o, {}
-        return None
+            self.files[fid] = "".join(json.dumps(x) + "\n" for x in out).encode()
+            o.update(status="completed", output_file_id=fid, request_counts={"total": total, "completed": total, "failed": 0})
+        elif o["status"] != "completed":
+            done = min(total, total * b["polls"] // max(1, self.cfg.batch_polls))
+            o.update(status="in_progress", request_counts={"total": total, "completed": done, "failed": 0})
+        return 200, o, {}
 
     def completion(self, req: dict, fault: str | None = None) -> dict:
         msgs = req.get("messages", [])
