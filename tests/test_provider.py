@@ -112,6 +112,26 @@ def test_batch_api_submit_resume_collect(fake_server, monkeypatch, seed_dir):
     assert res.exit_code == 0 and "nothing to submit" in res.output and len(srv.batches) == 1
 
 
+def test_batch_api_takes_letters_in_an_unknown_layout_too(fake_server, monkeypatch, seed_dir):
+    """The Batch API sends each letter the call the live path would make (the unknown-layout call for
+    a layout the parser does not know), and the records are written from the collected answers alone."""
+    from .test_unknown_layout import LETTER
+
+    (seed_dir / "family2.txt").write_text(LETTER)
+    srv = fake_server(mode="synthetic", batch_polls=1)
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    args = ["extract", str(seed_dir), "--model", "compatible:fake", "--batch-api", "--poll", "0.05", "--out", "r.jsonl"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "submitted batch batch_1 with 4 letters" in res.output and "collected 4 answers from 1 batch" in res.output
+    assert srv.stats.requests == srv.stats.faults["batch_api"]  # no live chat call at all
+    rec = next(r for r in _records() if r.letter_id == "family2")
+    assert any(f.startswith("model_derived_items") for f in rec.flags) and rec.usage.prompt_version == "unknown-layout-v1"
+    assert [(it.decision, it.category) for it in rec.items] == [("Upheld", "physical_therapy"), ("Overturned", "imaging")]
+    text = read_letter(seed_dir / "family2.txt").norm.text
+    assert rec.items[0].request in text and rec.items[1].request in text
+
+
 def test_memoized_async_validator_check_still_refuses_async_validators():
     """The speed-up (instructor's per-call type walk remembered per class) must not weaken the check."""
     from instructor.v2.core import client as instructor_client

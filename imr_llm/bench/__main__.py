@@ -251,7 +251,30 @@ def bench_index(records: Path, data_dir: Path, queries: int = 200) -> dict:
     wall = time.monotonic() - t0
     size = sum(f.stat().st_size for f in (data_dir / "index").rglob("*") if f.is_file())
     return {"letters": st["letters"], "chunks": st["chunks"], "index_wall_s": round(wall, 1),
-            "chunks_per_s": round(st["chunks"] / wall, 1), "disk_mb": round(size / 1e6, 1), **bench_retrieval(data_dir, queries)}
+            "chunks_per_s": round(st["chunks"] / wall, 1), "disk_mb": round(size / 1e6, 1),
+            "bytes_per_letter": disk_breakdown(data_dir / "index", st["letters"]), **bench_retrieval(data_dir, queries)}
+
+
+def disk_breakdown(index_dir: Path, letters: int) -> dict:
+    """Bytes per letter of each part of the index on disk (issue 14's target: 8 KB all together)."""
+    import sqlite3
+
+    def du(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else (p.stat().st_size if p.exists() else 0)
+
+    db = sqlite3.connect(index_dir / "store.sqlite")
+    pages = dict(db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall())
+    col = {c: db.execute(f"SELECT sum(length(CAST({c} AS BLOB))) FROM chunks").fetchone()[0] or 0 for c in ("vec", "quote")}
+    rec = db.execute("SELECT sum(length(data)) FROM records").fetchone()[0] or 0
+    db.close()
+    lex = index_dir / "bm25"
+    parts = {"store_total": du(index_dir / "store.sqlite"), "store_records_data": rec, "store_chunk_vectors": col["vec"],
+             "store_chunk_quotes": col["quote"], "store_chunks_table": pages.get("chunks", 0), "store_items_table": pages.get("items", 0),
+             "chroma": du(index_dir / "chroma"), "dense_mirror": du(lex / "dense.npy"),
+             "facets": du(lex / "facets.npz") + du(lex / "items.npz"), "lexical_total": du(lex)}
+    parts["bm25"] = parts["lexical_total"] - parts["dense_mirror"] - parts["facets"]
+    parts["total"] = du(index_dir)
+    return {k: round(v / max(1, letters)) for k, v in parts.items()}
 
 
 def bench_retrieval(data_dir: Path, queries: int = 200) -> dict:
@@ -503,6 +526,10 @@ class _Run:
             r = {**(self.earlier.get("index") or {}), **bench_retrieval(self.work / "index-data")}
         self.results["index"] = r
         self.row(f"5 index {r['chunks']} chunks (wordllama)", f"{r.get('chunks_per_s')} chunks/s, {r.get('disk_mb')} MB", "")
+        if r.get("bytes_per_letter"):
+            b = r["bytes_per_letter"]
+            self.row("14 index bytes a letter: total (store / Chroma / dense mirror / BM25 / facets)",
+                     f"{b['total']:,} ({b['store_total']:,} / {b['chroma']:,} / {b['dense_mirror']:,} / {b['bm25']:,} / {b['facets']:,})", "<= 8,192")
         for name, label, target in (("unfiltered", "unfiltered", "p95 <= 50 ms"), ("broad_filter", "broad filter", "p95 <= 100 ms"),
                                     ("narrow_filter", "narrow filter", "p95 <= 100 ms")):
             self.row(f"5 retrieval p50/p95 {label}", f"{r[name + '_p50_ms']}/{r[name + '_p95_ms']} ms", target)

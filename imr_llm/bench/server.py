@@ -108,6 +108,21 @@ def hashed_embedding(text: str, dim: int = 64) -> list[float]:
 _PASSAGE = re.compile(r"^\[(\d+)\] [^\n]*\n([^\n]+)", re.MULTILINE)
 
 
+_ISSUE = re.compile(r"\b(?:Issue|Item|Request)\s+\d+:\s*(?P<req>[^.]+)\.\s+(?P<dec>[^.]+\.)", re.IGNORECASE)
+
+
+def synthetic_free_items(user: str) -> dict:
+    """What a careful model lists for a letter in a layout the parser does not know: each "Issue N:"
+    request and the sentence after it that decides it."""
+    items = []
+    for m in _ISSUE.finditer(user):
+        sentence = " ".join(m.group("dec").split())
+        upheld = re.search(r"not\s+medically\s+necessary|\bupheld\b", sentence, re.IGNORECASE)
+        items.append({"request": " ".join(m.group("req").split()), "decision": "Upheld" if upheld else "Overturned",
+                      "decision_quote": sentence})
+    return {"items": items}
+
+
 def synthetic_answer(user: str, invent: bool = False) -> dict:
     """Cite each passage with its first sentence; with ``invent``, add a citation that is not there."""
     cites, parts = [], []
@@ -424,6 +439,8 @@ class FakeOpenAI:
         tool_name = tools[0]["function"]["name"] if tools else ""
         if tool_name == "LLMAnswer" and self.cfg.mode != "recorded":
             args = json.dumps(synthetic_answer(user, self.cfg.invent))
+        elif tool_name == "FreeItems" and self.cfg.mode != "recorded":
+            args = json.dumps(synthetic_free_items(user))
         elif self.cfg.mode == "recorded":
             rec = self._recorded.get(sha)
             args = rec["arguments"] if rec else json.dumps({"error": "no recording for this message"})
