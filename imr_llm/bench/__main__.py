@@ -252,7 +252,42 @@ def bench_index(records: Path, data_dir: Path, queries: int = 200) -> dict:
     size = sum(f.stat().st_size for f in (data_dir / "index").rglob("*") if f.is_file())
     return {"letters": st["letters"], "chunks": st["chunks"], "index_wall_s": round(wall, 1),
             "chunks_per_s": round(st["chunks"] / wall, 1), "disk_mb": round(size / 1e6, 1),
-            "bytes_per_letter": disk_breakdown(data_dir / "index", st["letters"]), **bench_retrieval(data_dir, queries)}
+            "bytes_per_letter": disk_breakdown(data_dir / "index", st["letters"]), "dense_mirror_recall": bench_mirror_recall(data_dir),
+            **bench_retrieval(data_dir, queries)}
+
+
+def bench_mirror_recall(data_dir: Path) -> dict:
+    """Recall@10 of the dense mirror (float16 in the store) against the float32 vectors in Chroma:
+    strict (set overlap) and tie-aware (each returned passage's exact score within 1e-4 of the 10th best)."""
+    import numpy as np
+
+    from ..index import Index
+
+    idx = Index(data_dir, embedder=None)
+    lex = idx.dir / "bm25"
+    ids = json.loads((lex / "ids.json").read_text())
+    mirror = np.load(lex / "dense.npy", mmap_mode="r")
+    exact = np.zeros(mirror.shape, dtype=np.float32)
+    pos = {cid: i for i, cid in enumerate(ids)}
+    for s in range(0, len(ids), 5000):
+        got = idx.collection.get(ids=ids[s:s + 5000], include=["embeddings"])
+        for cid, v in zip(got["ids"], got["embeddings"]):
+            exact[pos[cid]] = v
+    asks = [f"why was {w} denied" for w in ("physical therapy", "acupuncture", "MRI of the lumbar spine", "opioid medication",
+                                            "chiropractic care", "epidural steroid injection", "TENS unit", "home health care",
+                                            "a surgery consultation", "a topical compound", "a sleep aid", "psychotherapy")]
+    asks += [f"{a} after {b}" for a in ("therapy", "medication", "injection", "imaging") for b in ("fusion", "knee surgery", "no improvement")]
+    strict, ties = [], []
+    for q in idx.embedder(asks):
+        se = exact @ q
+        tenth = np.sort(se)[-10]
+        got_top = np.argsort(-(mirror @ q))[:10]
+        strict.append(len(set(got_top) & set(np.argsort(-se)[:10])) / 10)
+        ties.append(float(np.mean(se[got_top] >= tenth - 1e-4)))
+    idx.close()
+    return {"questions": len(asks), "strict_mean": round(float(np.mean(strict)), 3), "strict_min": min(strict),
+            "tie_aware_mean": round(float(np.mean(ties)), 3), "tie_aware_min": min(ties),
+            "max_abs_diff": float(np.abs(np.asarray(mirror) - exact).max())}
 
 
 def disk_breakdown(index_dir: Path, letters: int) -> dict:
