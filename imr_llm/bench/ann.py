@@ -179,8 +179,9 @@ def build_faiss(kind: str, V, path: Path, quantizers: dict) -> None:
             ix = faiss.IndexIVFScalarQuantizer(cq, D, nlist, faiss.ScalarQuantizer.QT_8bit, IP)
         else:
             ix = faiss.IndexIVFPQ(cq, D, nlist, int(q[2:]), 8, IP)
+            ix.pq.cp.niter = 10  # PQ k-means on 4-dim sub-vectors is slow single-threaded; 10 iterations suffice
         if not ix.is_trained:
-            ix.train(_sample(V, 100_000))
+            ix.train(_sample(V, 65536))
     for a in range(0, len(V), 100_000):
         ix.add(np.ascontiguousarray(V[a:a + 100_000]))
     faiss.write_index(ix, str(path))

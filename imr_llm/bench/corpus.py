@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -138,15 +137,6 @@ def _us(d: date) -> str:
 
 def _long(d: date) -> str:
     return f"{d.strftime('%B')} {d.day}, {d.year}"
-
-
-@dataclass
-class Spec:
-    layout: str  # no_header | header
-    credentials: str  # block | sentence | redacted
-    spacing: str  # double | single
-    items: list[dict] = field(default_factory=list)
-    page_header_in_rationale: bool = False
 
 
 def build(seed: int, n_items: int | None = None, outcomes: list[str] | None = None, categories: list[str] | None = None,

@@ -1,7 +1,6 @@
 """`imr extract`, `imr schema`, `imr text`."""
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -90,17 +89,10 @@ def run_files(files: list[str], input_errors: list[str], s, out: Path, csv: Opti
     if s.provider == "none":
         notice(runner.NO_MODEL_NOTICE)
     provider = start_provider(s, debug) if workers == 1 else None  # with workers each process starts its own
-    ex = runner.Extractor(s, provider, use_cache=use_cache)
-    if debug:
-        ex.one = ex.outcome  # type: ignore[method-assign]  # raise inside, for a traceback
     cb, stop = runner.progress_callback(len(files))
     try:
-        if workers > 1:
-            if ex.cache:
-                ex.cache.close()
-            totals = runner.run_parallel(files, s, out, csv, concurrency, workers, lambda n: [cb(None) for _ in range(n)])
-        else:
-            totals = asyncio.run(runner.run(files, ex, out, csv, concurrency, cb))
+        totals = runner.extract(files, s, out, csv, concurrency, workers, provider, use_cache, debug,
+                                lambda n: [cb(None) for _ in range(n)])
     except KeyboardInterrupt:
         stop()
         die("interrupted: nothing written; finished letters are cached, rerun the same command to resume", 130)

@@ -439,65 +439,7 @@ def _month_no(s: str) -> int:
 
 def _dates(text: str, marks: _Marks, f: Filters, latest: str | None) -> None:
     fld = _date_field(text)
-    M, Y = _MONTHS, _YEAR
-    spans: list[tuple[int, int, str | None, str | None]] = []
-
-    def period(mon: str | None, yr: str | None) -> tuple[str, str] | None:
-        if yr is None and latest:
-            yr = latest[:4]
-        if yr is None:
-            return None
-        y = int(yr)
-        if mon is None:
-            return f"{y}-01-01", f"{y}-12-31"
-        mo = _month_no(mon)
-        if latest and yr == latest[:4] and mo > int(latest[5:7]) and not re.search(re.escape(yr), text):
-            y -= 1  # "in December" with no year: the last December on or before the newest decision
-        return f"{y}-{mo:02d}-01", f"{y}-{mo:02d}-{calendar.monthrange(y, mo)[1]:02d}"
-
-    for m in re.finditer(rf"\bbetween\s+(?P<m1>{M})?\s*(?P<y1>{Y})?\s+and\s+(?P<m2>{M})?\s*(?P<y2>{Y})?\b", text, I):
-        if not (m.group("m1") or m.group("y1")) or not (m.group("m2") or m.group("y2")):
-            continue
-        y2 = m.group("y2") or m.group("y1")
-        a, b = period(m.group("m1"), m.group("y1") or y2), period(m.group("m2"), y2)
-        if a and b:
-            spans.append((m.start(), m.end(), a[0], b[1]))
-    for m in re.finditer(rf"\b(?P<kw>in|during|for|from|of|since|after|before|until|prior\s+to|by)?\s*(?P<m>{M})?\s*,?\s*(?P<y>{Y})\b|"
-                         rf"\b(?P<kw2>in|during|since|after|before|until)\s+(?P<m2>{M})\b(?!\s*,?\s*{Y})", text, I):
-        mon, yr = m.group("m") or m.group("m2"), m.group("y")
-        kw = (m.group("kw") or m.group("kw2") or "in").lower()
-        if not (mon or yr):
-            continue
-        p = period(mon, yr)
-        if not p:
-            continue
-        lo, hi = {"since": (p[0], None), "after": (_next_day(p[1]), None), "before": (None, _prev_day(p[0])),
-                  "until": (None, p[1]), "prior to": (None, _prev_day(p[0])), "by": (None, p[1])}.get(kw, p)
-        spans.append((m.start(), m.end(), lo, hi))
-    if latest:
-        ly = int(latest[:4])
-        for m in re.finditer(r"\b(?P<w>last|this|past|previous)\s+(?P<u>year|month)\b", text, I):
-            if m.group("u").lower() == "year":
-                y = ly - (1 if m.group("w").lower() in ("last", "previous") and m.group("w").lower() != "past" else 0)
-                lo, hi = (f"{y}-01-01", f"{y}-12-31") if m.group("w").lower() != "past" else (_minus_year(latest), latest)
-            else:
-                yy, mm = int(latest[:4]), int(latest[5:7])
-                if m.group("w").lower() in ("last", "previous"):
-                    yy, mm = (yy - 1, 12) if mm == 1 else (yy, mm - 1)
-                lo, hi = f"{yy}-{mm:02d}-01", f"{yy}-{mm:02d}-{calendar.monthrange(yy, mm)[1]:02d}"
-            spans.append((m.start(), m.end(), lo, hi))
-    # "in 2020 or 2021", "in January or February 2017": one condition covering both periods
-    spans.sort()
-    merged: list[tuple[int, int, str | None, str | None]] = []
-    for sp in spans:
-        if (merged and merged[-1][2] and merged[-1][3] and sp[2] and sp[3]
-                and re.fullmatch(r"\s*(?:,|or|and|/|,\s*or|,\s*and)\s*(?:in\s+|during\s+)?", text[merged[-1][1]:sp[0]], I)):
-            a = merged[-1]
-            merged[-1] = (a[0], sp[1], min(a[2], sp[2]), max(a[3], sp[3]))
-        else:
-            merged.append(sp)
-    spans = merged
-    for s, e, lo, hi in spans:
+    for s, e, lo, hi in _merge_alternatives(text, _date_spans(text, latest)):
         if marks.free(s, e):
             neg, ns = _negated(text, s)
             f.add(Cond(fld, lo=lo, hi=hi, negate=neg, words=text[ns:e].strip()))
@@ -506,6 +448,82 @@ def _dates(text: str, marks: _Marks, f: Filters, latest: str | None) -> None:
         for m in re.finditer(r"\b(?:decided|decision\s+dates?|decisions?\s+(?:dated|made)|date\s+of\s+injury|injur(?:y|ed|ies)|"
                              r"(?:UR|utilization\s+review)\s+(?:denial|denied|decision)s?|denied\s+by\s+(?:UR|utilization\s+review))\b", text, I):
             marks.mark(m.start(), m.end())
+
+
+def _period(mon: str | None, yr: str | None, text: str, latest: str | None) -> tuple[str, str] | None:
+    """(first day, last day) of a month or a year; a month without a year is the last one on or
+    before the newest decision."""
+    if yr is None and latest:
+        yr = latest[:4]
+    if yr is None:
+        return None
+    y = int(yr)
+    if mon is None:
+        return f"{y}-01-01", f"{y}-12-31"
+    mo = _month_no(mon)
+    if latest and yr == latest[:4] and mo > int(latest[5:7]) and not re.search(re.escape(yr), text):
+        y -= 1  # "in December" with no year: the last December on or before the newest decision
+    return f"{y}-{mo:02d}-01", f"{y}-{mo:02d}-{calendar.monthrange(y, mo)[1]:02d}"
+
+
+Span = tuple[int, int, "str | None", "str | None"]  # start, end, first day, last day (None = open)
+
+
+def _date_spans(text: str, latest: str | None) -> list[Span]:
+    """Every date range the question states: between ... and ..., in/since/before a month or year,
+    last/this/past year or month (relative to the newest decision)."""
+    M, Y = _MONTHS, _YEAR
+    spans: list[Span] = []
+    for m in re.finditer(rf"\bbetween\s+(?P<m1>{M})?\s*(?P<y1>{Y})?\s+and\s+(?P<m2>{M})?\s*(?P<y2>{Y})?\b", text, I):
+        if not (m.group("m1") or m.group("y1")) or not (m.group("m2") or m.group("y2")):
+            continue
+        y2 = m.group("y2") or m.group("y1")
+        a, b = _period(m.group("m1"), m.group("y1") or y2, text, latest), _period(m.group("m2"), y2, text, latest)
+        if a and b:
+            spans.append((m.start(), m.end(), a[0], b[1]))
+    for m in re.finditer(rf"\b(?P<kw>in|during|for|from|of|since|after|before|until|prior\s+to|by)?\s*(?P<m>{M})?\s*,?\s*(?P<y>{Y})\b|"
+                         rf"\b(?P<kw2>in|during|since|after|before|until)\s+(?P<m2>{M})\b(?!\s*,?\s*{Y})", text, I):
+        mon, yr = m.group("m") or m.group("m2"), m.group("y")
+        kw = (m.group("kw") or m.group("kw2") or "in").lower()
+        p = _period(mon, yr, text, latest) if (mon or yr) else None
+        if not p:
+            continue
+        lo, hi = {"since": (p[0], None), "after": (_next_day(p[1]), None), "before": (None, _prev_day(p[0])),
+                  "until": (None, p[1]), "prior to": (None, _prev_day(p[0])), "by": (None, p[1])}.get(kw, p)
+        spans.append((m.start(), m.end(), lo, hi))
+    if latest:
+        spans += _relative_spans(text, latest)
+    return spans
+
+
+def _relative_spans(text: str, latest: str) -> list[Span]:
+    out: list[Span] = []
+    ly = int(latest[:4])
+    for m in re.finditer(r"\b(?P<w>last|this|past|previous)\s+(?P<u>year|month)\b", text, I):
+        w = m.group("w").lower()
+        if m.group("u").lower() == "year":
+            y = ly - (1 if w in ("last", "previous") else 0)
+            lo, hi = (f"{y}-01-01", f"{y}-12-31") if w != "past" else (_minus_year(latest), latest)
+        else:
+            yy, mm = int(latest[:4]), int(latest[5:7])
+            if w in ("last", "previous"):
+                yy, mm = (yy - 1, 12) if mm == 1 else (yy, mm - 1)
+            lo, hi = f"{yy}-{mm:02d}-01", f"{yy}-{mm:02d}-{calendar.monthrange(yy, mm)[1]:02d}"
+        out.append((m.start(), m.end(), lo, hi))
+    return out
+
+
+def _merge_alternatives(text: str, spans: list[Span]) -> list[Span]:
+    """"in 2020 or 2021", "in January or February 2017": one condition covering both periods."""
+    merged: list[Span] = []
+    for sp in sorted(spans):
+        if (merged and merged[-1][2] and merged[-1][3] and sp[2] and sp[3]
+                and re.fullmatch(r"\s*(?:,|or|and|/|,\s*or|,\s*and)\s*(?:in\s+|during\s+)?", text[merged[-1][1]:sp[0]], I)):
+            a = merged[-1]
+            merged[-1] = (a[0], sp[1], min(a[2], sp[2]), max(a[3], sp[3]))
+        else:
+            merged.append(sp)
+    return merged
 
 
 def _next_day(iso: str) -> str:

@@ -144,31 +144,26 @@ def _field_codes(fz: dict, name: str, rows: np.ndarray) -> tuple[np.ndarray, np.
     return np.concatenate(rs) if rs else np.zeros(0, np.int64), np.concatenate(vs) if vs else np.zeros(0, np.int64), names
 
 
-def _compute_columns(fz: dict, by: list[str], f: Filters) -> dict:
-    sel = np.flatnonzero(f.facet_mask(fz))  # positions in page order (newest first)
-    dvocab = [str(v) for v in fz["decision__vocab"]]
-    dec = fz["decision"][sel]
-    lid, cite, item = fz["letter_id"][sel], fz["cite_id"][sel], fz["item"][sel]
-    lvocab, cvocab, ivocab = fz["letter_id__vocab"], fz["cite_id__vocab"], fz["item__vocab"]
+class _Selection:
+    """The columns of the selected items (positions in page order, newest first)."""
 
-    def cells(rows: np.ndarray, gcode: np.ndarray, n_groups: int) -> list[dict]:
-        out = []
+    def __init__(self, fz: dict, sel: np.ndarray):
+        self.dvocab = [str(v) for v in fz["decision__vocab"]]
+        self.dec = fz["decision"][sel]
+        self.lid, self.cite, self.item = fz["letter_id"][sel], fz["cite_id"][sel], fz["item"][sel]
+        self.lvocab, self.cvocab, self.ivocab = fz["letter_id__vocab"], fz["cite_id__vocab"], fz["item__vocab"]
+
+    def cells(self, rows: np.ndarray, gcode: np.ndarray, n_groups: int) -> list[dict]:
+        """One cell per group code: items, letters, outcomes and the first three letters (newest first)."""
         items = np.bincount(gcode, minlength=n_groups)
-        per_dec = {d: np.bincount(gcode[dec[rows] == i], minlength=n_groups) for i, d in enumerate(dvocab)}
-        nl = len(lvocab)
-        pair = gcode * nl + lid[rows]
-        uniq, first = np.unique(pair, return_index=True)
+        per_dec = {d: np.bincount(gcode[self.dec[rows] == i], minlength=n_groups) for i, d in enumerate(self.dvocab)}
+        nl = len(self.lvocab)
+        uniq, first = np.unique(gcode * nl + self.lid[rows], return_index=True)
         letters = np.bincount(uniq // nl, minlength=n_groups)
         grp = uniq // nl
         order = np.lexsort((first, grp))  # by group, then first appearance (newest first)
         starts = np.searchsorted(grp[order], np.arange(n_groups))
-        ex: dict[int, list] = {}
-        for g in range(n_groups):  # the first three letters of each group
-            for k in order[starts[g]:starts[g] + 3]:
-                if grp[k] != g:
-                    break
-                r = rows[first[k]]
-                ex.setdefault(g, []).append((str(lvocab[lid[r]]), str(cvocab[cite[r]]), int(ivocab[item[r]])))
+        out = []
         for g in range(n_groups):
             c = Cell()
             c.items = int(items[g])
@@ -176,30 +171,41 @@ def _compute_columns(fz: dict, by: list[str], f: Filters) -> dict:
             for d, arr in per_dec.items():
                 if arr[g]:
                     c.outcomes[d or "unknown"] += int(arr[g])
-            c.examples = ex.get(g, [])
+            for k in order[starts[g]:starts[g] + 3]:
+                if grp[k] != g:
+                    break
+                r = rows[first[k]]
+                c.examples.append((str(self.lvocab[self.lid[r]]), str(self.cvocab[self.cite[r]]), int(self.ivocab[self.item[r]])))
             out.append(c.to_dict())
         return out
 
-    total = cells(np.arange(len(sel)), np.zeros(len(sel), dtype=np.int64), 1)[0]
+
+def _group_codes(fz: dict, by: list[str], sel: np.ndarray):
+    """(rows within the selection, a group code per row, [(field, its value names)]): a list-valued
+    field (at most one) expands an item into one row per value."""
+    rows, key, names_list = None, None, []
+    for name in sorted(by, key=lambda b: not GROUPS[b][1]):  # the list-valued field first
+        if rows is None:
+            rows, codes, names = _field_codes(fz, name, sel)
+            rows, key = rows.astype(np.int64), codes
+        else:
+            _, codes, names = _field_codes(fz, name, sel[rows])
+            key = key * len(names) + codes
+        names_list.append((name, names))
+    return rows, key, names_list
+
+
+def _compute_columns(fz: dict, by: list[str], f: Filters) -> dict:
+    sel = np.flatnonzero(f.facet_mask(fz))  # positions in page order (newest first)
+    cols = _Selection(fz, sel)
+    total = cols.cells(np.arange(len(sel)), np.zeros(len(sel), dtype=np.int64), 1)[0]
     groups: list[dict] = [] if by or not len(sel) else [{"key": {}, **total}]
     if by:
-        rows, key, names_list = None, None, []
-        for name in sorted(by, key=lambda b: not GROUPS[b][1]):  # the list-valued field (at most one) first
-            if rows is None:
-                rows, codes, names = _field_codes(fz, name, sel)  # rows: positions within the selection
-                rows = rows.astype(np.int64)
-                key = codes
-            else:
-                _, codes, names = _field_codes(fz, name, sel[rows])
-                key = key * len(names) + codes
-            names_list.append((name, names))
-        sizes = [len(n) for _, n in names_list]
-        n_groups = int(np.prod(sizes)) if sizes else 1
+        rows, key, names_list = _group_codes(fz, by, sel)
         used = np.unique(key)
-        remap = np.full(n_groups, -1, dtype=np.int64)
+        remap = np.full(int(np.prod([len(n) for _, n in names_list])), -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
-        got = cells(rows, remap[key], len(used))
-        for code, cell in zip(used, got):
+        for code, cell in zip(used, cols.cells(rows, remap[key], len(used))):
             parts, c = {}, int(code)
             for name, names in reversed(names_list):
                 parts[name] = names[c % len(names)]

@@ -223,6 +223,22 @@ async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path 
     return totals
 
 
+def extract(paths: list[str], s: Settings, out: Path, csv_path: Path | None, concurrency: int, workers: int = 1,
+            provider: Provider | None = None, use_cache: bool = True, debug: bool = False,
+            on_progress: Callable[[int], None] | None = None) -> Totals:
+    """The corpus: in this process (with ``provider``) or over ``workers`` processes (each starts its own)."""
+    if workers > 1:
+        return run_parallel(paths, s, out, csv_path, concurrency, workers, on_progress)
+    ex = Extractor(s, provider, use_cache=use_cache)
+    if debug:
+        ex.one = ex.outcome  # type: ignore[method-assign]  # raise inside, for a traceback
+    try:
+        return asyncio.run(run(paths, ex, out, csv_path, concurrency, on_progress and (lambda o: on_progress(1))))
+    finally:
+        if ex.cache:
+            ex.cache.close()
+
+
 def dry_run(paths: Iterable[str], s: Settings) -> dict:
     """Letters, input tokens and estimated cost, without calling any model."""
     from ..providers import tokens
