@@ -192,6 +192,17 @@ def test_filters_sql_row_check_and_facet_mask_agree(tmp_path):
         Filters.of(region="moon")
 
 
+def test_every_subpackage_ships():
+    """pyproject lists packages by name (prompts/ is mapped in from outside the tree): a new
+    subpackage missing from the list would install an `imr` that cannot import it."""
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    tree = {".".join(p.parent.relative_to(root).parts) for p in (root / "imr_llm").rglob("__init__.py")}
+    assert tree | {"imr_llm.prompts"} == listed
+
+
 def test_import_contracts():
     """pyproject's import-linter contracts: the pure core imports no settings, provider, storage or CLI."""
     import shutil

@@ -360,48 +360,55 @@ def _lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
+def _replicated_store(corpus: list[Path], store_path: Path, n_items: int) -> None:
+    """A record store of ``n_items`` disputed items: the layout parser's records of (up to) 2,000
+    corpus letters, replicated under new ids with shifted decision months."""
+    from ..core.load import read_letter
+    from ..extract.assemble import analyse, assemble
+    from ..index.store import INDEX_FORMAT, Store
+
+    base = []
+    for p in corpus[:2000]:
+        try:
+            letter = read_letter(p)
+            base.append(assemble(letter, analyse(letter)))
+        except Exception:
+            continue
+    tmp = store_path.with_name("store.tmp.sqlite")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.unlink(missing_ok=True)
+    st = Store(tmp)
+    items, k = 0, 0
+    while items < n_items:
+        rec = base[k % len(base)]
+        y, m = 2014 + (k // len(base)) % 10, 1 + (k // (len(base) * 10)) % 12
+        st.put_letter(rec.model_copy(update={"letter_id": f"{rec.letter_id}-{k}", "sha256": f"{k:064x}",
+                                             "decision_date": f"{y}-{m:02d}-15"}), [])
+        items += len(rec.items)
+        k += 1
+        if k % 5000 == 0:
+            st.commit()
+    st.set_meta("index_format", INDEX_FORMAT)
+    st.commit()
+    st.db.close()
+    tmp.rename(store_path)
+
+
 def bench_stats(corpus: list[Path], work: Path, n_items: int) -> dict:
     """`imr stats` grouped queries and the page's queries (facet counts + a page of items) over a
     record store of ``n_items`` disputed items: records of the corpus (layout parser) replicated
     under new ids with shifted decision months until the store holds that many items."""
     import statistics
 
-    from ..extract.assemble import analyse, assemble
     from ..core.filters import Filters
     from ..index.store import Store
-    from ..core.load import read_letter
     from ..query.stats import compute
 
     data = work / f"stats-{n_items}"
     store_path = data / "index" / "store.sqlite"
     t0 = time.monotonic()
     if not store_path.exists():
-        base = []
-        for p in corpus[:2000]:
-            try:
-                letter = read_letter(p)
-                base.append(assemble(letter, analyse(letter)))
-            except Exception:
-                continue
-        tmp = data / "index" / "store.tmp.sqlite"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        st = Store(tmp)
-        items, k = 0, 0
-        while items < n_items:
-            rec = base[k % len(base)]
-            y, m = 2014 + (k // len(base)) % 10, 1 + (k // (len(base) * 10)) % 12
-            new = rec.model_copy(update={"letter_id": f"{rec.letter_id}-{k}", "sha256": f"{k:064x}",
-                                         "decision_date": f"{y}-{m:02d}-15"})
-            st.put_letter(new, [])
-            items += len(rec.items)
-            k += 1
-            if k % 5000 == 0:
-                st.commit()
-        st.set_meta("index_format", "2")
-        st.commit()
-        st.db.close()
-        tmp.rename(store_path)
+        _replicated_store(corpus, store_path, n_items)
     build_s = round(time.monotonic() - t0, 1)
     st = Store(store_path)
     db = st.db
