@@ -64,40 +64,42 @@ def selection(params) -> Filters:
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 
-def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None = None) -> Starlette:
-    """``hosts``: the Host headers answered (DNS rebinding: a web page must not reach this app
-    under its own name); loopback names by default, plus the --host given to `imr serve`."""
-    from ..query.stats import load_facets
+class _Page:
+    """The page's handlers over the index in ``data_dir`` (opened per request: a rebuild swaps its folder)."""
 
-    loaded: dict = {}
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.loaded: dict = {}
 
-    def index() -> Index:
-        return Index(data_dir, embedder=None)
+    def index(self) -> Index:
+        return Index(self.data_dir, embedder=None)
 
-    def facets(idx: Index) -> dict | None:
+    def facets(self, idx: Index) -> dict | None:
         """items.npz, reloaded when the index is rebuilt (its folder is swapped)."""
+        from ..query.stats import load_facets
+
         p = idx.dir / "bm25" / "items.npz"
         stamp = p.stat().st_mtime_ns if p.exists() else None
-        if loaded.get("stamp") != stamp:
-            loaded.update(stamp=stamp, fz=load_facets(idx.dir) if stamp else None)
-        return loaded["fz"]
+        if self.loaded.get("stamp") != stamp:
+            self.loaded.update(stamp=stamp, fz=load_facets(idx.dir) if stamp else None)
+        return self.loaded["fz"]
 
-    def page(name: str, status: int = 200, **ctx) -> HTMLResponse:
+    def page(self, name: str, status: int = 200, **ctx) -> HTMLResponse:
         return HTMLResponse(_env.get_template(name).render(**ctx), status_code=status)
 
-    def not_found(msg: str) -> HTMLResponse:
-        return page("error.html", 404, title="Not found", message=msg)
+    def not_found(self, msg: str) -> HTMLResponse:
+        return self.page("error.html", 404, title="Not found", message=msg)
 
-    async def home(request: Request) -> Response:
+    async def home(self, request: Request) -> Response:
         try:
             f = selection(request.query_params)
         except (FilterError, ValueError) as e:
-            return page("error.html", 400, title="Bad filter", message=str(e))
-        idx = index()
+            return self.page("error.html", 400, title="Bad filter", message=str(e))
+        idx = self.index()
         st = idx.store
         pg = max(1, int(request.query_params.get("page", "1") or 1))
         cols = "letter_id, cite_id, item, request, decision, category, drug_class, decision_date"
-        fz = facets(idx)
+        fz = self.facets(idx)
         if fz is not None:  # columnar: a million items in tens of milliseconds
             from ..query.stats import facet_counts, page_rowids
 
@@ -106,70 +108,53 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
         else:
             n_items, n_letters = st.count_items(f)
             rows = st.select_items(f, cols, order=st.ITEM_ORDER, limit=PAGE, offset=(pg - 1) * PAGE)
-            all_counts = {}
-            for name, (_, expr) in FACETS.items():
-                listy = expr in ("regions", "dwc_specialties", "license_states")
-                counts: dict[str, int] = {}
-                for v, n in st.group_items(f, expr):
-                    for x in ([y for y in (v or "").strip("|").split("|") if y] if listy else [v]):
-                        if x:
-                            counts[x] = counts.get(x, 0) + n
-                all_counts[name] = counts
+            all_counts = _sql_facet_counts(st, f)
         total = (n_items, n_letters)
-        facets_out = {}
-        for name in FACETS:
-            counts = all_counts.get(name, {})
-            chosen = set(request.query_params.getlist(name))
-            vocab = FIELDS[FACETS[name][0]].values if FACETS[name][0] in FIELDS else None
-            if vocab is not None:  # outcome words outside the vocabulary ("Withdrawn") are counted, not offered as links
-                counts = {v: n for v, n in counts.items() if v in vocab}
-            facets_out[name] = [{"value": v, "count": n, "on": v in chosen,
-                             "href": "/?" + _toggle(request.query_params, name, v)}
-                            for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:30]]
+        facets_out = _facet_links(all_counts, request.query_params)
         qs = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "page"])
-        return page("home.html", items=rows, total=total[0], letters=total[1], facets=facets_out, page=pg,
+        return self.page("home.html", items=rows, total=total[0], letters=total[1], facets=facets_out, page=pg,
                     pages=max(1, -(-total[0] // PAGE)), qs=qs, sentence=f.describe())
 
-    async def letter(request: Request) -> Response:
+    async def letter(self, request: Request) -> Response:
         lid = request.path_params["letter_id"]
-        idx = index()
+        idx = self.index()
         got = idx.store.record(lid)
         if not got:
-            return not_found(f"No letter {lid!r} in this index.")
+            return self.not_found(f"No letter {lid!r} in this index.")
         rec = json.loads(got[0])
         from ..core.load import LetterError, read_letter
 
         try:
             text = read_letter(rec["source_path"]).text
         except LetterError as e:
-            return page("error.html", 410, title="Letter file not readable", message=str(e))
+            return self.page("error.html", 410, title="Letter file not readable", message=str(e))
         ev = rec["evidence"]
         found = [dict(e, n=i, cls=kind_of(e["field"])) for i, e in enumerate(ev) if e["status"] != "not_found"]
         dropped = [e for e in ev if e["status"] == "not_found"]
-        return page("letter.html", rec=rec, segments=letter_segments(text, ev), found=found, dropped=dropped,
+        return self.page("letter.html", rec=rec, segments=letter_segments(text, ev), found=found, dropped=dropped,
                     paths=got[1], items=rec["items"])
 
-    async def ask_page(request: Request) -> Response:
+    async def ask_page(self, request: Request) -> Response:
         from ..query.answer import AnswerError, ask
 
         q = (request.query_params.get("q") or "").strip()
         if not q:
-            return page("ask.html", q="", res=None)
+            return self.page("ask.html", q="", res=None)
         try:
-            res = ask(index(), q, k=6)
+            res = ask(self.index(), q, k=6)
         except (FilterError, AnswerError) as e:
-            return page("error.html", 400, title="Cannot answer", message=str(e))
-        return page("ask.html", q=q, res=res)
+            return self.page("error.html", 400, title="Cannot answer", message=str(e))
+        return self.page("ask.html", q=q, res=res)
 
-    async def export(request: Request) -> Response:
+    async def export(self, request: Request) -> Response:
         kind = request.path_params["kind"]
         if kind not in ("csv", "jsonl"):
-            return not_found("Downloads are export.csv and export.jsonl.")
+            return self.not_found("Downloads are export.csv and export.jsonl.")
         try:
             f = selection(request.query_params)
         except (FilterError, ValueError) as e:
             return PlainTextResponse(str(e), 400)
-        st = index().store
+        st = self.index().store
         chosen: dict[str, set[int]] = {}
         for lid, item in st.select_items(f, "letter_id, item"):
             chosen.setdefault(lid, set()).add(item)
@@ -189,48 +174,79 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
         return Response(out.getvalue(), media_type=media,
                         headers={"content-disposition": f'attachment; filename="imr-selection.{kind}"'})
 
-    async def chart(request: Request) -> Response:
+    async def chart(self, request: Request) -> Response:
         from . import charts
         from ..query.stats import compute
 
         name = request.path_params["name"]
         if name not in ("category", "month"):
-            return not_found("No such chart.")
+            return self.not_found("No such chart.")
         try:
             f = selection(request.query_params)
         except (FilterError, ValueError) as e:
             return PlainTextResponse(str(e), 400)
-        idx = index()
-        res = compute(idx.store, ["category" if name == "category" else "decision_month"], f, facets(idx))
+        idx = self.index()
+        res = compute(idx.store, ["category" if name == "category" else "decision_month"], f, self.facets(idx))
         svg = charts.overturn_by_category(res) if name == "category" else charts.items_by_month(res)
         return Response(svg, media_type="image/svg+xml")
 
-    async def kinds_css(request: Request) -> Response:  # the value colours, shared with the eval report
+    async def kinds_css(self, request: Request) -> Response:  # the value colours, shared with the eval report
         from .highlight import CSS
 
         return Response(CSS, media_type="text/css")
 
-    routes = [Route("/kinds.css", kinds_css), Route("/", home), Route("/letters/{letter_id:str}", letter), Route("/ask", ask_page),
-              Route("/export.{kind:str}", export), Route("/chart/{name:str}.svg", chart),
-              Mount("/static", StaticFiles(packages=[("imr_llm.page", "static")]), name="static")]
-
-    async def on_error(request: Request, exc: Exception) -> Response:
+    async def on_error(self, request: Request, exc: Exception) -> Response:
         if getattr(exc, "status_code", 500) == 404:
-            return not_found("No such page.")
+            return self.not_found("No such page.")
         from ..index import IndexProblem
 
         if isinstance(exc, IndexProblem):
-            return page("error.html", 503, title="No index", message=str(exc))
-        return page("error.html", 500, title="Error", message=f"{type(exc).__name__}")
+            return self.page("error.html", 503, title="No index", message=str(exc))
+        return self.page("error.html", 500, title="Error", message=f"{type(exc).__name__}")
 
+
+
+def _sql_facet_counts(st, f: Filters) -> dict[str, dict[str, int]]:
+    """Facet counts through SQL (an index without the columnar item mirror)."""
+    out = {}
+    for name, (_, expr) in FACETS.items():
+        listy = expr in ("regions", "dwc_specialties", "license_states")
+        counts: dict[str, int] = {}
+        for v, n in st.group_items(f, expr):
+            for x in ([y for y in (v or "").strip("|").split("|") if y] if listy else [v]):
+                if x:
+                    counts[x] = counts.get(x, 0) + n
+        out[name] = counts
+    return out
+
+
+def _facet_links(all_counts: dict, params) -> dict[str, list[dict]]:
+    """Each facet's values with counts and the link that toggles them (30 at most)."""
+    out = {}
+    for name in FACETS:
+        counts = all_counts.get(name, {})
+        chosen = set(params.getlist(name))
+        vocab = FIELDS[FACETS[name][0]].values if FACETS[name][0] in FIELDS else None
+        if vocab is not None:  # outcome words outside the vocabulary ("Withdrawn") are counted, not offered as links
+            counts = {v: n for v, n in counts.items() if v in vocab}
+        out[name] = [{"value": v, "count": n, "on": v in chosen, "href": "/?" + _toggle(params, name, v)}
+                     for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:30]]
+    return out
+
+
+def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None = None) -> Starlette:
+    """``hosts``: the Host headers answered (DNS rebinding: a web page must not reach this app
+    under its own name); loopback names by default, plus the --host given to `imr serve`."""
     from starlette.exceptions import HTTPException
-
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+    pg = _Page(data_dir)
+    routes = [Route("/kinds.css", pg.kinds_css), Route("/", pg.home), Route("/letters/{letter_id:str}", pg.letter),
+              Route("/ask", pg.ask_page), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
+              Mount("/static", StaticFiles(packages=[("imr_llm.page", "static")]), name="static")]
     allowed = list(dict.fromkeys(LOOPBACK_HOSTS + list(hosts or [])))
-    app = Starlette(routes=routes, middleware=[Middleware(Guard, token=token), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],
-                    exception_handlers={HTTPException: on_error, Exception: on_error})
-    return app
+    return Starlette(routes=routes, middleware=[Middleware(Guard, token=token), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],
+                     exception_handlers={HTTPException: pg.on_error, Exception: pg.on_error})
 
 
 def _toggle(params, name: str, value: str) -> str:
