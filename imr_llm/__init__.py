@@ -1,2 +1,2 @@
 """imr-llm: source-grounded decision records and precedent answers over IMR determination letters."""
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -132,6 +132,46 @@ def test_batch_api_takes_letters_in_an_unknown_layout_too(fake_server, monkeypat
     assert rec.items[0].request in text and rec.items[1].request in text
 
 
+def test_a_cached_answer_for_another_item_count_is_used_not_fatal(fake_server, monkeypatch, seed_dir):
+    """A parser change can find another number of items in a letter whose answer is cached (same
+    text, model and prompt): the answer is used and the difference flagged, never a failed letter."""
+    from imr_llm.config import settings
+    from imr_llm.extract.assemble import analyse
+    from imr_llm.run import calls
+    from imr_llm.run import runner as run_runner
+    from imr_llm.run.cache import Cache
+
+    srv = fake_server(mode="synthetic")
+    monkeypatch.setenv("IMR_BASE_URL", srv.base_url)
+    args = ["extract", str(seed_dir), "--model", "compatible:fake", "--out", "r.jsonl"]
+    assert runner.invoke(app, args).exit_code == 0
+    path = sorted(seed_dir.glob("*.txt"))[0]
+    letter, s = read_letter(path), settings("compatible:fake")
+    call = calls.plan(letter, analyse(letter), s)
+    cache = Cache(s.data_dir / "cache.sqlite")
+    got = cache.get(call.key)
+    got["output"]["items"].append(dict(got["output"]["items"][0], index=99))  # the answer has one item more
+    cache.put(call.key, "llm", got)
+    cache.close()
+    before = srv.stats.requests
+    monkeypatch.setattr(run_runner, "code_fingerprint", lambda: "other-code")  # finished records are not reused
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert srv.stats.requests == before  # every answer came from the cache
+    rec = next(r for r in _records() if r.source_path == str(path))
+    assert "llm_extra_item:99" in rec.flags
+
+
+def test_shipped_prompts_match_their_versions():
+    """A prompt file edited without a new version would change what the model reads while the cache
+    keys stay: the shipped text of each version is recorded, and this fails when a file changes alone."""
+    from imr_llm.extract import prompts
+
+    for version, name in ((prompts.PROMPT_VERSION, prompts.PROMPT_FILE), (prompts.UNKNOWN_PROMPT_VERSION, prompts.UNKNOWN_PROMPT_FILE)):
+        assert prompts.prompt_digest(name) == prompts.SHIPPED[version], f"{name} changed: give it a new version and record its digest"
+        assert prompts.version_key(version, name) == version
+
+
 def test_memoized_async_validator_check_still_refuses_async_validators():
     """The speed-up (instructor's per-call type walk remembered per class) must not weaken the check."""
     from instructor.v2.core import client as instructor_client

@@ -151,6 +151,36 @@ def test_store_keeps_records_exact_and_compressed_and_vectors_at_half_precision(
     assert all(rows[c.id]["quote"] == c.quote and rows[c.id]["text"] == c.text for c in chunks)
 
 
+def test_store_survives_a_rollback_and_an_empty_store_of_an_earlier_version(tmp_path):
+    """The compression dictionary is never lost with a rolled-back first write; an empty store left
+    by a failed first `imr index` of format 2 is upgraded from its tables, not taken as current."""
+    from imr_llm.core.load import read_letter
+    from imr_llm.extract.assemble import analyse, assemble
+    from imr_llm.index.chunk import chunks_for
+    from imr_llm.index.store import INDEX_FORMAT, Store
+
+    lt = read_letter(sorted((Path(__file__).parent.parent / "evals" / "letters").glob("*.txt"))[0])
+    rec = assemble(lt, analyse(lt))
+    st = Store(tmp_path / "a.sqlite")
+    st.put_letter(rec, chunks_for(rec))
+    st.rollback()
+    st.put_letter(rec, chunks_for(rec))
+    st.commit()
+    st.db.close()
+    assert Store(tmp_path / "a.sqlite").record(rec.letter_id)[0] == rec.model_dump_json()
+
+    Store(tmp_path / "old.sqlite").db.close()
+    db = sqlite3.connect(tmp_path / "old.sqlite")  # turned into the tables 0.2.0 created: no rows, no meta row
+    db.executescript("ALTER TABLE records ADD COLUMN json TEXT; ALTER TABLE records DROP COLUMN data;"
+                     "ALTER TABLE chunks ADD COLUMN text TEXT; ALTER TABLE chunks DROP COLUMN quote; DELETE FROM meta;")
+    db.close()
+    st = Store(tmp_path / "old.sqlite")
+    assert st.migrate() and st.get_meta("index_format") == INDEX_FORMAT
+    st.put_letter(rec, chunks_for(rec))
+    st.commit()
+    assert st.record(rec.letter_id)[0] == rec.model_dump_json()
+
+
 def test_filters_sql_row_check_and_facet_mask_agree(tmp_path):
     """Negation, ranges, alternatives and unknown values give the same rows on the three paths."""
     from imr_llm.core.filters import COLUMNS, Cond, Filters, write_facets

@@ -22,6 +22,11 @@ MAX_INPUT_TOKENS = 6000
 
 UNKNOWN_PROMPT_FILE = "unknown_layout_v1.md"
 UNKNOWN_PROMPT_VERSION = "unknown-layout-v1"
+# The text each version shipped with (``prompt_digest``). A prompt edited without a new version
+# gets its digest into the cache keys, so it never meets answers to the old text; the shipped text
+# keeps the keys it always had, so upgrading imr-llm never throws the answer cache away.
+# tests/test_units.py::test_shipped_prompts_match_their_versions fails when a file changes alone.
+SHIPPED = {PROMPT_VERSION: "3e51a5fc44b2", UNKNOWN_PROMPT_VERSION: "c576c34a29ff"}
 UNKNOWN_MAX_CHARS = 24000  # the letter text given to the model (the decisions come early in every known template)
 
 
@@ -47,6 +52,13 @@ def prompt_digest(name: str) -> str:
     """Part of the answer cache keys with the version: an edited prompt file never meets an answer
     to the old one, even when nobody bumped the version."""
     return hashlib.sha256(read_prompt(name).encode()).hexdigest()[:12]
+
+
+def version_key(version: str, name: str) -> str:
+    """The prompt's part of a cache key: its version, plus its digest when the text is not the one
+    that version shipped with."""
+    d = prompt_digest(name)
+    return version if SHIPPED.get(version) == d else f"{version}+{d}"
 
 
 def system_prompt() -> str:

@@ -100,7 +100,7 @@ class Index:
         try:
             return self._add(records, batch, on_letter)
         except BaseException:
-            self.store.db.rollback()  # never leave a half-written transaction holding the lock
+            self.store.rollback()  # never leave a half-written transaction holding the lock
             raise
 
     def _add(self, records: Iterable[DecisionRecord], batch: int, on_letter) -> dict:

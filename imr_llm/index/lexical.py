@@ -1,6 +1,7 @@
 """The files beside the store that queries read without SQL: BM25 (bm25s, Snowball stemmer), the
-dense mirror (``dense.npy``: the very vectors upserted into Chroma, in BM25's row order) and the
-facet columns of chunks and items. Written to a new folder, then swapped in."""
+dense mirror (``dense.npy``: the vectors upserted into Chroma as the store keeps them, at float16
+precision, in BM25's row order) and the facet columns of chunks and items. Written to a new folder,
+then swapped in."""
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from .store import Store
 def build(store: Store, index_dir: Path) -> None:
     """Rebuild BM25 and the dense mirror from the store; written to a new folder, then swapped in.
 
-    The mirror (``dense.npy``, same row order as BM25) holds the very vectors upserted into
-    Chroma. Local queries use it for exact search: importing chromadb alone costs 0.8-1.4 s per
+    The mirror (``dense.npy``, same row order as BM25) holds the vectors upserted into Chroma, as
+    the store keeps them (float16). Local queries use it for exact search: importing chromadb alone costs 0.8-1.4 s per
     cold start here, and masks make filters free. Set IMR_DENSE=chroma to query Chroma's HNSW.
     """
     import logging

@@ -167,8 +167,7 @@ class Store:
     # -- schema upgrades: numbered, in order, each in one transaction
     def migrate(self) -> list[str]:
         """Bring a store written by an earlier imr-llm to ``INDEX_FORMAT`` in place; what was done."""
-        has_rows = self.db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
-        fmt = int(self.get_meta("index_format") or ("1" if has_rows else INDEX_FORMAT))
+        fmt = int(self.get_meta("index_format") or self._format_of_tables())
         done = []
         for target, step in MIGRATIONS:
             if fmt < target:
@@ -176,11 +175,22 @@ class Store:
                     done.append(step(self))
                     self.set_meta("index_format", str(target))
                     self.db.commit()
+                except sqlite3.Error as e:
+                    self.rollback()
+                    raise IndexProblem(f"upgrading the index to format {target} failed ({e}); nothing was changed: "
+                                       f"run `imr index --rebuild RECORDS`") from None
                 except BaseException:
-                    self.db.rollback()
+                    self.rollback()
                     raise
                 fmt = target
         return done
+
+    def _format_of_tables(self) -> str:
+        """The format of a store without the meta row (written before it existed, or by a first
+        `imr index` that failed): read from its tables, never assumed from an empty one."""
+        rec = {r[1] for r in self.db.execute("PRAGMA table_info(records)")}
+        chunks = {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}
+        return INDEX_FORMAT if "data" in rec else "3" if "quote" in chunks else "2" if "paths" in rec else "1"
 
     def write_item_facets(self, path: Path) -> None:
         """The items table as columns of codes (``items.npz``): filters, counts and rates over a
@@ -190,20 +200,27 @@ class Store:
         order = np.array([r[-1] for r in rows], dtype=np.int64)  # rowids, newest decision first (the page's order)
         write_facets((r[:-1] for r in rows), path, cols, {"rowid": order})
 
-    # -- records are stored compressed: zlib with a dictionary (the first record this store held) --
-    # records repeat their keys, guideline names and boilerplate; measured 15.9 KB -> 2.1 KB a real
-    # letter (3.0 KB without the dictionary). The dictionary never changes for a store.
-    def _zdict(self, sample: str | None = None) -> bytes | None:
+    # -- records are stored compressed: zlib with a preset dictionary of generated records (their keys,
+    # guideline names and boilerplate repeat in every record; no user letter is in it). Measured on the
+    # 91 letters of evals/letters: 15.9 KB of JSON -> 2.1 KB (3.0 KB with zlib alone). A store keeps
+    # its own copy of the dictionary, so a later version shipping another never breaks it.
+    def _zdict(self) -> bytes:
         if getattr(self, "_zd", None) is None:
             have = self.get_meta("record_zdict")
-            if have is None and sample is not None:
-                have = base64.b64encode(sample.encode()[-32768:]).decode()
+            if have is None:
+                from importlib.resources import files
+
+                have = base64.b64encode(files("imr_llm.index").joinpath("record_zdict.txt").read_bytes()).decode()
                 self.set_meta("record_zdict", have)
-            self._zd = base64.b64decode(have) if have is not None else None
+            self._zd = base64.b64decode(have)
         return self._zd
 
+    def rollback(self) -> None:
+        self.db.rollback()
+        self._zd = None  # its meta row may have been rolled back with the rest
+
     def pack(self, record_json: str) -> bytes:
-        co = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict(record_json))
+        co = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict())
         return co.compress(record_json.encode()) + co.flush()
 
     def unpack(self, data: bytes) -> str:
@@ -292,6 +309,14 @@ def _migrate_to_3(store: "Store") -> str:
     return f"format 3: the letter text of {n} chunks stored with them"
 
 
+def _drop_column(db: sqlite3.Connection, table: str, col: str) -> None:
+    """DROP COLUMN needs SQLite 3.35 (2021); before it the column is emptied instead."""
+    if sqlite3.sqlite_version_info >= (3, 35):
+        db.execute(f'ALTER TABLE {table} DROP COLUMN "{col}"')
+    else:
+        db.execute(f'UPDATE {table} SET "{col}" = NULL')
+
+
 def _migrate_to_4(store: "Store") -> str:
     """Format 3 -> 4: records compressed, the chunks' folded text dropped (it is their quote with
     whitespace folded), vectors at half precision. The file shrinks at the next VACUUM."""
@@ -304,9 +329,9 @@ def _migrate_to_4(store: "Store") -> str:
         for lid, js in db.execute("SELECT letter_id, json FROM records").fetchall():
             db.execute("UPDATE records SET data=? WHERE letter_id=?", (store.pack(js), lid))
             n += 1
-        db.execute("ALTER TABLE records DROP COLUMN json")
+        _drop_column(db, "records", "json")
     if "text" in {r[1] for r in db.execute("PRAGMA table_info(chunks)")}:
-        db.execute("ALTER TABLE chunks DROP COLUMN text")
+        _drop_column(db, "chunks", "text")
     m = 0
     for rowid, v in db.execute("SELECT rowid, vec FROM chunks WHERE vec IS NOT NULL").fetchall():
         db.execute("UPDATE chunks SET vec=? WHERE rowid=?", (np.frombuffer(v, dtype=np.float32).astype(VEC_DTYPE).tobytes(), rowid))

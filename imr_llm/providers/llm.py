@@ -157,6 +157,11 @@ class Provider:
             self._client.on("completion:response", lambda resp: _count(getattr(resp, "usage", None)))
         return self._client
 
+    @property
+    def in_process(self) -> bool:
+        """A model in this process (llama.cpp): one generation at a time."""
+        return self._local_model
+
     async def aclose(self) -> None:
         """Close HTTP connections inside the event loop that opened them."""
         if self._raw is not None:

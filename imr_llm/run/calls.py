@@ -9,9 +9,9 @@ from ..config import Settings
 from ..core.load import Letter
 from ..core.models import SCHEMA_VERSION
 from ..core.segment import Layout
-from ..extract.answers import free_items_model, response_model
+from ..extract.answers import FreeItems, LLMExtraction, free_items_model, response_model
 from ..extract.prompts import (PROMPT_FILE, PROMPT_VERSION, UNKNOWN_PROMPT_FILE, UNKNOWN_PROMPT_VERSION, build_messages,
-                               prompt_digest, unknown_layout_messages)
+                               unknown_layout_messages, version_key)
 from .cache import key
 
 TRUNCATED = "llm_input_truncated: rationales were shortened to fit the token budget"
@@ -47,6 +47,12 @@ class Call:
     def answer_type(self) -> type:
         return answer_type(self.kind, self.n_items)
 
+    @property
+    def cached_type(self) -> type:
+        """What a cached answer is read as: the plain type, without this layout's item count (a
+        parser change may find another number of items; the facts then report the difference)."""
+        return FreeItems if self.kind == "llm-free" else LLMExtraction
+
 
 def answer_type(kind: str, n_items: int) -> type:
     return free_items_model() if kind == "llm-free" else response_model(n_items)
@@ -54,13 +60,12 @@ def answer_type(kind: str, n_items: int) -> type:
 
 def plan(letter: Letter, lay: Layout, s: Settings) -> Call:
     if "unknown_layout" in lay.features:
-        return Call("llm-free", key("llm-free", letter.text_sha256, s.label, UNKNOWN_PROMPT_VERSION,
-                                    prompt_digest(UNKNOWN_PROMPT_FILE), SCHEMA_VERSION),
-                    UNKNOWN_PROMPT_VERSION, letter, lay, s.model, 0)
-    return Call("llm", key("llm", letter.text_sha256, s.label, PROMPT_VERSION, prompt_digest(PROMPT_FILE), SCHEMA_VERSION),
+        return Call("llm-free", key("llm-free", letter.text_sha256, s.label, version_key(UNKNOWN_PROMPT_VERSION, UNKNOWN_PROMPT_FILE),
+                                    SCHEMA_VERSION), UNKNOWN_PROMPT_VERSION, letter, lay, s.model, 0)
+    return Call("llm", key("llm", letter.text_sha256, s.label, version_key(PROMPT_VERSION, PROMPT_FILE), SCHEMA_VERSION),
                 PROMPT_VERSION, letter, lay, s.model, len(lay.items))
 
 
 def prompts_key() -> str:
-    """Both prompts' versions and texts: part of a finished record's cache key."""
-    return ":".join((PROMPT_VERSION, prompt_digest(PROMPT_FILE), UNKNOWN_PROMPT_VERSION, prompt_digest(UNKNOWN_PROMPT_FILE)))
+    """Both prompts' keys: part of a finished record's cache key."""
+    return ":".join((version_key(PROMPT_VERSION, PROMPT_FILE), version_key(UNKNOWN_PROMPT_VERSION, UNKNOWN_PROMPT_FILE)))

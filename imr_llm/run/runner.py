@@ -167,7 +167,7 @@ class Extractor:
         before the record was cached, or collected from the Batch API), else asked and cached."""
         got = self.cache.get(call.key) if self.cache else None
         if got:
-            return call.answer_type.model_validate(got["output"]), Usage.model_validate(got["usage"])
+            return call.cached_type.model_validate(got["output"]), Usage.model_validate(got["usage"])
         value, usage = await self.provider.complete(call.messages, call.answer_type)
         usage.prompt_version = call.prompt_version
         if self.cache:
@@ -204,6 +204,8 @@ async def run(paths: list[str], ex: Extractor, out: Path | None, csv_path: Path 
     (or had nothing to fail)."""
     totals = Totals()
     w = RecordWriter(out, csv_path)
+    if ex.provider is not None and ex.provider.in_process:
+        concurrency = 1  # one generation at a time anyway; queued letters would spend their deadline waiting
     try:
         async for o in in_order(paths, ex.one, concurrency):
             totals.add(o)
