@@ -94,7 +94,7 @@ class Store:
         if gone:
             self.db.executemany("DELETE FROM chunks WHERE id=?", [(g,) for g in gone])
         self.db.executemany(_insert("chunks", CHUNK_COLUMNS, upsert=True),
-                            [[_chunk_row(rec, c, rows).get(col) for col in CHUNK_COLUMNS] for c in chunks])
+                            [[row.get(col) for col in CHUNK_COLUMNS] for row in (_chunk_row(rec, c, rows) for c in chunks)])
         return gone
 
     def place(self, rec: DecisionRecord) -> DecisionRecord | None:
@@ -220,7 +220,7 @@ class Store:
         self._zd = None  # its meta row may have been rolled back with the rest
 
     def pack(self, record_json: str) -> bytes:
-        co = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict())
+        co = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict())  # 9: 4% smaller, 50% slower
         return co.compress(record_json.encode()) + co.flush()
 
     def unpack(self, data: bytes) -> str:
