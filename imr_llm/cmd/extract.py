@@ -91,8 +91,7 @@ def run_files(files: list[str], input_errors: list[str], s, out: Path, csv: Opti
     provider = start_provider(s, debug) if workers == 1 else None  # with workers each process starts its own
     cb, stop = runner.progress_callback(len(files))
     try:
-        totals = runner.extract(files, s, out, csv, concurrency, workers, provider, use_cache, debug,
-                                lambda n: [cb(None) for _ in range(n)])
+        totals = runner.extract(files, s, out, csv, concurrency, workers, provider, use_cache, debug, cb)
     except KeyboardInterrupt:
         stop()
         die("interrupted: nothing written; finished letters are cached, rerun the same command to resume", 130)
@@ -102,9 +101,8 @@ def run_files(files: list[str], input_errors: list[str], s, out: Path, csv: Opti
     finally:
         stop()
     if input_errors:
-        for e in reversed(input_errors):
-            totals.failed += 1
-            totals.errors.insert(0, e)
+        totals.failed += len(input_errors)
+        totals.errors[:0] = input_errors
         outputs.write_errors(out, totals.errors)
     return totals
 

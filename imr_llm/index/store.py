@@ -67,6 +67,7 @@ class Store:
             self.db.executescript("PRAGMA journal_mode=WAL;" + _SCHEMA)
         except sqlite3.DatabaseError as e:
             raise IndexProblem(f"{path}: index store is damaged ({e}); run `imr index --rebuild RECORDS`") from None
+        self._zd: bytes | None = None  # the compression dictionary, read on first use
 
     def get_meta(self, k: str) -> str | None:
         row = self.db.execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
@@ -188,8 +189,8 @@ class Store:
     def _format_of_tables(self) -> str:
         """The format of a store without the meta row (written before it existed, or by a first
         `imr index` that failed): read from its tables, never assumed from an empty one."""
-        rec = {r[1] for r in self.db.execute("PRAGMA table_info(records)")}
-        chunks = {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}
+        rec = _columns(self.db, "records")
+        chunks = _columns(self.db, "chunks")
         return INDEX_FORMAT if "data" in rec else "3" if "quote" in chunks else "2" if "paths" in rec else "1"
 
     def write_item_facets(self, path: Path) -> None:
@@ -205,7 +206,7 @@ class Store:
     # 91 letters of evals/letters: 15.9 KB of JSON -> 2.1 KB (3.0 KB with zlib alone). A store keeps
     # its own copy of the dictionary, so a later version shipping another never breaks it.
     def _zdict(self) -> bytes:
-        if getattr(self, "_zd", None) is None:
+        if self._zd is None:
             have = self.get_meta("record_zdict")
             if have is None:
                 from importlib.resources import files
@@ -270,7 +271,7 @@ def _migrate_to_2(store: "Store") -> str:
     each stored record (fields a format-1 record never had stay empty until it is re-extracted)."""
     db = store.db
     for table, cols in (("items", ITEM_COLUMNS), ("chunks", CHUNK_COLUMNS), ("records", {"paths": "TEXT"})):
-        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        have = _columns(db, table)
         for c, t in cols.items():
             if c not in have:
                 db.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {t.replace(" UNIQUE", "")}')
@@ -296,7 +297,7 @@ def _migrate_to_3(store: "Store") -> str:
     """Format 2 -> 3: each chunk's exact letter text (``quote``), cut from its record's evidence, so
     answers quote from the chunk row instead of parsing the record."""
     db = store.db
-    if "quote" not in {r[1] for r in db.execute("PRAGMA table_info(chunks)")}:
+    if "quote" not in _columns(db, "chunks"):
         db.execute('ALTER TABLE chunks ADD COLUMN "quote" TEXT')
     n = 0
     for lid, js in db.execute("SELECT letter_id, json FROM records").fetchall():
@@ -307,6 +308,10 @@ def _migrate_to_3(store: "Store") -> str:
                 db.execute("UPDATE chunks SET quote=? WHERE id=?", (e["quote"][start - e["start"]:end - e["start"]], cid))
                 n += 1
     return f"format 3: the letter text of {n} chunks stored with them"
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _drop_column(db: sqlite3.Connection, table: str, col: str) -> None:
@@ -321,7 +326,7 @@ def _migrate_to_4(store: "Store") -> str:
     """Format 3 -> 4: records compressed, the chunks' folded text dropped (it is their quote with
     whitespace folded), vectors at half precision. The file shrinks at the next VACUUM."""
     db = store.db
-    rec_cols = {r[1] for r in db.execute("PRAGMA table_info(records)")}
+    rec_cols = _columns(db, "records")
     if "data" not in rec_cols:
         db.execute("ALTER TABLE records ADD COLUMN data BLOB")
     n = 0
@@ -330,7 +335,7 @@ def _migrate_to_4(store: "Store") -> str:
             db.execute("UPDATE records SET data=? WHERE letter_id=?", (store.pack(js), lid))
             n += 1
         _drop_column(db, "records", "json")
-    if "text" in {r[1] for r in db.execute("PRAGMA table_info(chunks)")}:
+    if "text" in _columns(db, "chunks"):
         _drop_column(db, "chunks", "text")
     m = 0
     for rowid, v in db.execute("SELECT rowid, vec FROM chunks WHERE vec IS NOT NULL").fetchall():

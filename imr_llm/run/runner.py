@@ -263,7 +263,7 @@ def dry_run(paths: Iterable[str], s: Settings) -> dict:
 
 
 def progress_callback(total: int):
-    """A rich progress bar (rate and ETA) on stderr; returns (callback, stop)."""
+    """A rich progress bar (rate and ETA) on stderr; returns (callback(n letters done), stop)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -275,10 +275,11 @@ def progress_callback(total: int):
     start = time.monotonic()
     prog.start()
 
-    def cb(o: Outcome) -> None:
-        done = prog.tasks[0].completed + 1
+    def cb(n: int = 1) -> None:
+        """``n`` more letters done."""
+        done = prog.tasks[0].completed + n
         el = time.monotonic() - start
-        prog.update(task, advance=1, rate=f"{done / el:.1f}" if el > 0 else "-")
+        prog.update(task, advance=n, rate=f"{done / el:.1f}" if el > 0 else "-")
 
     return cb, prog.stop
 
