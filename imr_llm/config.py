@@ -72,7 +72,8 @@ class EnvSettings(BaseSettings):
     embedder: str = _f("wordllama", "index", "wordllama (offline, default) | openai:NAME | compatible:NAME | chroma-default")
     embed_base_url: Optional[str] = _f(None, "index", "embedding server for compatible:NAME (default IMR_BASE_URL)")
     chroma_url: Optional[str] = _f(None, "index", "a shared Chroma server instead of the local folder")
-    dense: Literal["mirror", "chroma"] = _f("mirror", "index", "local queries: exact NumPy mirror (default) or Chroma's HNSW")
+    index_workers: int = _f(0, "index", "processes that prepare and embed letters in `imr index` (0: two for a records "
+                            "file over 20 MB with the local embedder, else none)", ge=0, le=64)
     # -- limits and safety
     local_only: bool = _f(False, "limits", "refuse any provider, embedder or Chroma server not on this machine or a private URL")
     private_hosts: str = _f("", "limits", "comma-separated hosts you declare private (for IMR_LOCAL_ONLY)")

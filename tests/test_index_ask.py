@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -71,15 +72,21 @@ def test_listing_and_grounds(indexed):
 
 
 def test_reindex_upserts_without_duplicates(indexed):
+    """Re-indexing the same records embeds nothing and writes no segment; every chunk is in exactly
+    one live segment, with its vector."""
     import sqlite3
     db = sqlite3.connect(indexed / "index" / "store.sqlite")
     n = db.execute("select count(*) from chunks").fetchone()[0]
+    segs = db.execute("select num, chunks from segments").fetchall()
     res = runner.invoke(app, ["index", str(indexed / "records.jsonl")])
-    assert res.exit_code == 0 and "0 embedded" in res.output
+    assert res.exit_code == 0 and "0 embedded" in res.output and "0 new search segment" in res.output
     assert db.execute("select count(*) from chunks").fetchone()[0] == n
-    from imr_llm.index import COLLECTION
-    from imr_llm.index.vectors import chroma_client
-    assert chroma_client(indexed / "index" / "chroma").get_collection(COLLECTION).count() == n
+    assert db.execute("select num, chunks from segments").fetchall() == segs and sum(c for _, c in segs) == n
+    from imr_llm.index import Index
+    got = sorted(int(r) for s in Index(indexed, embedder=None).segments() for r in s.rowids)
+    assert got == sorted(r for (r,) in db.execute("select rowid from chunks"))
+    seg = Index(indexed, embedder=None).segments()[0]
+    assert seg.vecs.shape == (len(seg), 256) and np.all(np.abs(np.linalg.norm(np.asarray(seg.vecs, dtype=np.float32), axis=1) - 1) < 1e-2)
 
 
 def test_llm_answer_citations_verified_and_inventions_removed(indexed, fake_server, monkeypatch):
@@ -158,7 +165,7 @@ def test_compatible_embedding_endpoint_and_no_mixing(seed_dir, fake_server, monk
     assert res.exit_code == 2 and "compatible:hash-embed" in res.output and "--rebuild" in res.output
 
 
-def test_newer_schema_and_damaged_chroma_folder(indexed, monkeypatch):
+def test_newer_schema_and_damaged_segment(indexed, monkeypatch):
     import sqlite3
     db = sqlite3.connect(indexed / "index" / "store.sqlite")
     db.execute("UPDATE meta SET v='9.0' WHERE k='schema_version'")
@@ -167,15 +174,11 @@ def test_newer_schema_and_damaged_chroma_folder(indexed, monkeypatch):
     res = runner.invoke(app, ["ask", "why was therapy denied?"])
     assert res.exit_code == 2 and "schema 9.0" in res.output and "--rebuild" in res.output
     assert runner.invoke(app, ["index", "--rebuild", str(indexed / "records.jsonl")]).exit_code == 0
-    # a damaged Chroma folder: its database file overwritten
-    from imr_llm.index.vectors import forget_clients
-    forget_clients()
-    for f in (indexed / "index" / "chroma").glob("*.sqlite3"):
-        f.write_bytes(b"not a database" * 1000)
-    monkeypatch.setenv("IMR_DENSE", "chroma")  # make ask go through Chroma
+    # a search segment's vectors cut short: one line, never an answer from part of the index
+    vf = next((indexed / "index" / "segments").glob("*/vectors.f16"))
+    vf.write_bytes(vf.read_bytes()[:1000])
     res = runner.invoke(app, ["ask", "why was therapy denied?"])
-    assert res.exit_code == 2 and "Chroma" in res.output and "--rebuild" in res.output and "Traceback" not in res.output
-    forget_clients()
+    assert res.exit_code == 2 and "damaged" in res.output and "--rebuild" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["index", "--rebuild", str(indexed / "records.jsonl")])
     assert res.exit_code == 0, res.output
     assert ask_json("why was therapy denied?")["citations"]
@@ -231,11 +234,12 @@ def test_facet_masks_select_exactly_what_the_store_selects(indexed, filters):
 
     f = Filters.of(**filters)
     r = Retriever(Index(indexed, embedder=None))
-    facets = r.facets()
-    assert facets is not None
-    chosen = {r._ids[i] for i in np.flatnonzero(f.facet_mask(facets))}
+    store = r.index.store
+    chosen = set()
+    for seg in r.segments():
+        rows = store.rows(int(x) for x in seg.rowids[np.flatnonzero(f.facet_mask(seg.facets()))])
+        chosen |= {d["id"] for d in rows.values()}
     where, args = f.sql()
-    db = sqlite3.connect(indexed / "index" / "store.sqlite")
-    assert chosen == {row[0] for row in db.execute(f"SELECT id FROM chunks WHERE {where}", args)}
+    assert chosen == {row[0] for row in store.db.execute(f"SELECT id FROM chunk_rows WHERE {where}", args)}
     hits = r.search("physical therapy functional improvement", k=6, filters=f)
     assert all(f.match(h.row) for h in hits)

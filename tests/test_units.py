@@ -122,21 +122,31 @@ def test_cache_roundtrip_is_compressed_and_a_damaged_file_is_one_line(tmp_path):
 
 
 def test_store_keeps_records_exact_and_compressed_and_vectors_at_half_precision(tmp_path):
-    """Records come back byte for byte after a reopen (the dictionary is the store's own); they take
-    a fraction of their JSON; vectors are float16 and come back within float16's rounding."""
+    """Records come back byte for byte after a reopen (the dictionary is the store's own); they and
+    the chunk rows take a fraction of their text; an item's chunk reads its filter values from its
+    item; vectors are float16 in a segment and come back within float16's rounding."""
     from imr_llm.core.load import read_letter
     from imr_llm.extract.assemble import analyse, assemble
     from imr_llm.index.chunk import chunks_for
+    from imr_llm.index.prepare import prepare
+    from imr_llm.index.segments import Segment, SegmentWriter
     from imr_llm.index.store import Store
 
     letters = sorted((Path(__file__).parent.parent / "evals" / "letters").glob("*.txt"))[:4]
     recs = [assemble(lt, analyse(lt)) for lt in map(read_letter, letters)]
     st = Store(tmp_path / "store.sqlite")
-    for r in recs:
-        st.put_letter(r, chunks_for(r))
-    chunks = chunks_for(recs[0])
+    w = SegmentWriter(tmp_path, 1)
+    chunks = [c for r in recs for c in chunks_for(r)]
     vecs = np.random.default_rng(0).normal(size=(len(chunks), 8)).astype(np.float32)
-    st.set_vectors([c.id for c in chunks], vecs)
+    k = 0
+    for r in recs:
+        p = prepare(r, st.zdict())
+        rowids, gone = st.put_letter(p, 1)
+        assert gone == [] and len(rowids) == len(p.chunks)
+        w.add(rowids, [c.text for c in p.chunks], [c.facets for c in p.chunks], vecs[k:k + len(p.chunks)].astype(np.float16))
+        k += len(p.chunks)
+    w.finish()
+    st.add_segment(1, len(w))
     st.commit()
     st.db.close()
     st = Store(tmp_path / "store.sqlite")
@@ -145,10 +155,20 @@ def test_store_keeps_records_exact_and_compressed_and_vectors_at_half_precision(
         assert js == r.model_dump_json() and paths == [r.source_path]
     stored = sum(len(d) for (d,) in st.db.execute("SELECT data FROM records"))
     assert stored < 0.3 * sum(len(r.model_dump_json().encode()) for r in recs)
-    got = np.vstack([v for v in st.vectors() if v is not None])
-    assert got.dtype == np.float32 and np.allclose(got, vecs, rtol=1e-3, atol=1e-3)
-    rows = st.rows([c.id for c in chunks])
-    assert all(rows[c.id]["quote"] == c.quote and rows[c.id]["text"] == c.text for c in chunks)
+    seg = Segment(tmp_path, 1)
+    got = np.asarray(seg.vecs, dtype=np.float32)
+    assert got.shape == vecs.shape and np.allclose(got, vecs, rtol=1e-3, atol=1e-3)
+    rows = st.rows(int(x) for x in seg.rowids)
+    by_id = {d["id"]: d for d in rows.values()}
+    assert [by_id[c.id]["quote"] for c in chunks] == [c.quote for c in chunks]
+    assert all(by_id[c.id]["text"] == c.text and by_id[c.id]["context"] == c.context for c in chunks)
+    items = {(r.letter_id, i): it for r in recs for i, it in enumerate(r.items)}
+    for c in chunks:
+        d = by_id[c.id]
+        want = items[(c.letter_id, c.item)].decision if c.item >= 0 else ""
+        assert d["decision"] == want and d["kind"] == ("rationale" if c.item >= 0 else "summary") and d["seg"] == 1
+    body = sum(len(b) for (b,) in st.db.execute("SELECT body FROM chunks"))
+    assert body < 0.6 * sum(len((c.context + c.quote).encode()) for c in chunks)
 
 
 def test_store_survives_a_rollback_and_an_empty_store_of_an_earlier_version(tmp_path):
@@ -156,27 +176,28 @@ def test_store_survives_a_rollback_and_an_empty_store_of_an_earlier_version(tmp_
     by a failed first `imr index` of format 2 is upgraded from its tables, not taken as current."""
     from imr_llm.core.load import read_letter
     from imr_llm.extract.assemble import analyse, assemble
-    from imr_llm.index.chunk import chunks_for
+    from imr_llm.index.prepare import prepare
     from imr_llm.index.store import INDEX_FORMAT, Store
 
     lt = read_letter(sorted((Path(__file__).parent.parent / "evals" / "letters").glob("*.txt"))[0])
     rec = assemble(lt, analyse(lt))
     st = Store(tmp_path / "a.sqlite")
-    st.put_letter(rec, chunks_for(rec))
+    st.put_letter(prepare(rec, st.zdict()), 1)
     st.rollback()
-    st.put_letter(rec, chunks_for(rec))
+    st.put_letter(prepare(rec, st.zdict()), 1)
     st.commit()
     st.db.close()
     assert Store(tmp_path / "a.sqlite").record(rec.letter_id)[0] == rec.model_dump_json()
 
     Store(tmp_path / "old.sqlite").db.close()
     db = sqlite3.connect(tmp_path / "old.sqlite")  # turned into the tables 0.2.0 created: no rows, no meta row
-    db.executescript("ALTER TABLE records ADD COLUMN json TEXT; ALTER TABLE records DROP COLUMN data;"
-                     "ALTER TABLE chunks ADD COLUMN text TEXT; ALTER TABLE chunks DROP COLUMN quote; DELETE FROM meta;")
+    db.executescript("ALTER TABLE records ADD COLUMN json TEXT; ALTER TABLE records DROP COLUMN data; DROP TABLE chunks;"
+                     "CREATE TABLE chunks (rowid INTEGER PRIMARY KEY, id TEXT UNIQUE, letter_id TEXT, item INTEGER, n INTEGER, "
+                     "text TEXT, context TEXT, start INTEGER, [end] INTEGER, digest TEXT, vec BLOB); DELETE FROM meta;")
     db.close()
     st = Store(tmp_path / "old.sqlite")
     assert st.migrate() and st.get_meta("index_format") == INDEX_FORMAT
-    st.put_letter(rec, chunks_for(rec))
+    st.put_letter(prepare(rec, st.zdict()), 1)
     st.commit()
     assert st.record(rec.letter_id)[0] == rec.model_dump_json()
 

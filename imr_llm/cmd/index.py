@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..config import ConfigError, env
-from ..index import Index, IndexProblem, read_records
+from ..index import Index, IndexProblem
 from ..index.rebuild import rebuild
 from .common import die, get_settings, notice
 
@@ -20,16 +20,16 @@ def _index(records: Path, rebuild_all: bool, local_only: bool) -> None:
         if not records.is_file():
             die(f"{records}: no such file")
         if rebuild_all:
-            idx, stats = rebuild(s.data_dir, spec, read_records(records))
+            idx, stats = rebuild(s.data_dir, spec, records)
         else:
             idx = Index(s.data_dir, embedder=spec, create=True, local_only=s.local_only)
-            stats = idx.add(read_records(records))
+            stats = idx.add_file(records)
     except (IndexProblem, ConfigError) as e:
         die(str(e))
     except FileNotFoundError as e:
         die(f"{e.filename}: no such file")
     print(f"indexed {stats['letters']} letters: {stats['chunks']} chunks ({stats['embedded']} embedded, "
-          f"{stats['chunks'] - stats['embedded']} unchanged, {stats['deleted']} removed"
+          f"{stats['chunks'] - stats['embedded']} unchanged, {stats['deleted']} removed; {stats['segments']} new search segment(s)"
           + (f"; {stats['duplicates']} duplicate file(s) of letters already indexed, listed with them" if stats["duplicates"] else "")
           + f") into {idx.dir} "
           f"[embedder {idx.identity}; {idx.store.count()} chunks in total]")
@@ -54,7 +54,8 @@ def _upgrade(local_only: bool) -> None:
     s = get_settings(None, local_only)
     try:
         idx = Index(s.data_dir, embedder=None, create=True, local_only=s.local_only)
-        idx.build_lexical()  # facet mirrors with the new columns
+        if idx.upgraded:
+            idx.write_items()  # the items' columns with the new fields
     except (IndexProblem, ConfigError) as e:
         die(str(e))
     done = idx.upgraded

@@ -314,7 +314,7 @@ def write_facets(rows: Iterable[tuple], path, columns: Iterable[str] = COLUMNS, 
     out = dict(extra or {})
     for k, col in enumerate(columns):
         vocab, codes = np.unique(np.array(["" if r[k] is None else str(r[k]) for r in rows], dtype=str), return_inverse=True)
-        out[col] = codes.astype(np.int32)
+        out[col] = codes.astype(np.uint8 if len(vocab) <= 256 else np.uint16 if len(vocab) <= 65536 else np.int32)
         out[f"{col}__vocab"] = vocab
     with open(path, "wb") as f:
         np.savez(f, **out)

@@ -1,26 +1,36 @@
-"""The index: Chroma (dense) and bm25s (lexical) over the same chunk ids, beside a SQLite record store.
+"""The index: a SQLite record store and search segments (BM25, float16 vectors with an IVF for
+large segments, facet columns) over the same chunks; with ``IMR_CHROMA_URL`` the vectors live in a
+shared Chroma server instead.
 
 ``Index`` opens (or creates) it and writes letters into it; its parts: ``store`` (all SQL, schema
-version, migrations), ``vectors`` (Chroma), ``lexical`` (BM25, the dense mirror, facet columns),
-``lock`` (one writer), ``rebuild`` (a new index beside the old one). The embedder's identity and the
-schema version are stored and checked on open.
+version, migrations), ``prepare`` (a record's rows and chunks, pure), ``segments`` (what search
+reads), ``vectors`` (the Chroma server), ``lock`` (one writer), ``rebuild`` (a new index beside the
+old one). The embedder's identity and the schema version are stored and checked on open.
 """
 from __future__ import annotations
 
+import os
+import shutil
+from collections import deque
 from pathlib import Path
 from typing import Iterable, Iterator
+
+import numpy as np
 
 from ..config import env
 from ..core.models import SCHEMA_VERSION, DecisionRecord
 from ..providers import embed as emb
-from . import lexical
-from .chunk import Chunk, chunks_for
 from .lock import WriterLock
+from .prepare import Prepared, embed_prepared, prepare
 from .problems import IndexProblem
+from ..procs import remove_stale
+from .segments import MERGE_AT, SEGMENT_MAX, Segment, SegmentWriter, seg_dir, seg_root
 from .store import INDEX_FORMAT, Store
 from .vectors import chroma_client
 
 COLLECTION = "imr_chunks"
+ITEMS_FILE = "items.npz"  # the items table as columns (stats, the page)
+PARALLEL_FROM = 20_000_000  # bytes of records: below this, worker processes cost more than they save
 
 
 def index_dir(data_dir: Path) -> Path:
@@ -36,14 +46,11 @@ class Index:
         self.lock: WriterLock | None = None
         if create:  # one writer at a time; a second one gets a clear line instead of a corrupted index
             self.lock = WriterLock(data_dir)
-        elif not (self.dir / "bm25" / "ids.json").is_file():
+        elif not (self.dir / "store.sqlite").is_file():
             holder = WriterLock.holder(data_dir)
             if holder:
                 raise IndexProblem(f"the index in {self.dir} is being built (imr pid {holder}); ask again when it finishes")
-            if not (self.dir / "store.sqlite").is_file():
-                raise IndexProblem(f"no index in {self.dir}: run `imr index RECORDS.jsonl` or `imr ingest LETTERS` first")
-            raise IndexProblem(f"no complete index in {self.dir} (an earlier `imr index` did not finish, or its lexical "
-                              f"index was deleted): run `imr index --rebuild RECORDS`")
+            raise IndexProblem(f"no index in {self.dir}: run `imr index RECORDS.jsonl` or `imr ingest LETTERS` first")
         self.store = Store(self.dir / "store.sqlite")
         self.spec = embedder or self.store.get_meta("embedder_spec") or emb.spec_from_env()
         want = emb.identity(self.spec)
@@ -57,7 +64,8 @@ class Index:
                               f"run `imr index --rebuild RECORDS`")
         self.upgraded = self.store.migrate() if create else []  # a writer upgrades the store in place
         fmt = self.store.get_meta("index_format")
-        if fmt != INDEX_FORMAT and self.store.db.execute("SELECT 1 FROM records LIMIT 1").fetchone():
+        has_rows = self.store.db.execute("SELECT 1 FROM records LIMIT 1").fetchone()
+        if fmt != INDEX_FORMAT and has_rows:
             raise IndexProblem(f"the index in {self.dir} was built by an earlier imr-llm (index format {fmt or '1'}, "
                               f"this version reads {INDEX_FORMAT}): `imr index --upgrade` upgrades it in place "
                               f"(or `imr index --rebuild RECORDS`)")
@@ -65,6 +73,14 @@ class Index:
         self._embedder = None
         self._collection = None
         self.identity = want
+        if create and self.store.has_table("upgrade_vectors"):
+            self.upgraded.append(self._segments_from_upgrade())
+        if not create and not self.store.get_meta("built"):
+            holder = WriterLock.holder(data_dir)
+            if holder:
+                raise IndexProblem(f"the index in {self.dir} is being built (imr pid {holder}); ask again when it finishes")
+            raise IndexProblem(f"no complete index in {self.dir} (an earlier `imr index` did not finish): "
+                              f"run `imr index RECORDS` again, or `imr index --rebuild RECORDS`")
 
     @property
     def embedder(self):
@@ -73,7 +89,13 @@ class Index:
         return self._embedder
 
     @property
+    def remote_vectors(self) -> bool:
+        """Vectors in a shared Chroma server (``IMR_CHROMA_URL``), not in the segments."""
+        return bool(env().chroma_url)
+
+    @property
     def collection(self):
+        """The Chroma server's collection (only with ``IMR_CHROMA_URL``)."""
         if self._collection is None:
             name = self.store.get_meta("collection") or COLLECTION
             try:
@@ -84,82 +106,255 @@ class Index:
             except IndexProblem:
                 raise
             except Exception as e:
-                if env().chroma_url:
-                    raise IndexProblem(f"the Chroma server at {env().chroma_url} did not answer ({type(e).__name__}: "
-                                      f"{str(e)[:120]}); start it (or unset IMR_CHROMA_URL); nothing was changed") from None
-                raise IndexProblem(f"cannot open the Chroma index in {self.dir / 'chroma'} ({type(e).__name__}: {str(e)[:120]}); "
-                                  f"run `imr index --rebuild RECORDS`") from None
+                raise IndexProblem(f"the Chroma server at {env().chroma_url} did not answer ({type(e).__name__}: "
+                                  f"{str(e)[:120]}); start it (or unset IMR_CHROMA_URL); nothing was changed") from None
             meta = self._collection.metadata or {}
             if meta.get("embedder") not in (None, self.identity):
                 raise IndexProblem(f"Chroma collection {COLLECTION!r} holds vectors of {meta.get('embedder')!r}, not {self.identity!r}: "
                                   f"rebuild with `imr index --rebuild RECORDS`")
         return self._collection
 
+    def segments(self) -> list[Segment]:
+        """The live segments, opened for search."""
+        return [Segment(self.dir, num, vectors=not self.remote_vectors) for num, _ in self.store.segments()]
+
     # -- writing
     def add(self, records: Iterable[DecisionRecord], batch: int = 512, on_letter=None) -> dict:
+        """Index ``records`` (replacing changed letters, skipping unchanged ones) in this process."""
+        return self._write(self._prepared(records), batch, on_letter)
+
+    def add_file(self, path: Path, batch: int = 512, on_letter=None, workers: int | None = None) -> dict:
+        """Index a records file; large files are read, chunked and embedded by worker processes."""
+        if workers is None:
+            workers = env().index_workers or (2 if (os.cpu_count() or 1) >= 2 and path.stat().st_size >= PARALLEL_FROM else 0)
+        if workers < 2 or self.spec != "wordllama" or self.remote_vectors:
+            return self.add(read_records(path), batch, on_letter)
+        return self._write(self._prepared_by_workers(path, workers), batch, on_letter)
+
+    def _prepared(self, records: Iterable[DecisionRecord]) -> Iterator[Prepared]:
+        zd = self.store.zdict()
+        for rec in records:
+            yield prepare(rec, zd)
+
+    def _prepared_by_workers(self, path: Path, workers: int) -> Iterator[Prepared]:
+        import multiprocessing as mp
+
+        from .prepare import prepare_lines, worker_init
+
+        ctx = mp.get_context("spawn")  # no inherited SQLite handles or model threads
+        with ctx.Pool(workers, worker_init, (self.store.zdict(), self.spec, str(self.dir / "store.sqlite"))) as pool:
+            window: deque = deque()
+            for part in _line_batches(path, 64):
+                window.append(pool.apply_async(prepare_lines, (part,)))
+                if len(window) >= 4 * workers:  # bounded: never the whole file in flight
+                    yield from _checked(window.popleft().get())
+            while window:
+                yield from _checked(window.popleft().get())
+
+    def _write(self, prepared: Iterable[Prepared], batch: int, on_letter) -> dict:
         try:
-            return self._add(records, batch, on_letter)
+            return _Writer(self, batch, on_letter).run(prepared)
         except BaseException:
             self.store.rollback()  # never leave a half-written transaction holding the lock
             raise
 
-    def _add(self, records: Iterable[DecisionRecord], batch: int, on_letter) -> dict:
-        self.embedder  # refuse a forbidden or broken embedder before writing anything
-        self.store.set_meta("embedder", self.identity)
-        self.store.set_meta("embedder_spec", self.spec)
-        self.store.set_meta("schema_version", SCHEMA_VERSION)
-        self.store.set_meta("index_format", INDEX_FORMAT)
-        pending: list[Chunk] = []
-        stats = {"letters": 0, "chunks": 0, "embedded": 0, "deleted": 0, "duplicates": 0}
+    def write_items(self) -> None:
+        """The items table as columns (``items.npz``), written beside and swapped in."""
+        tmp = self.dir / f"{ITEMS_FILE}.tmp-{os.getpid()}"
+        self.store.write_item_facets(tmp)
+        os.replace(tmp, self.dir / ITEMS_FILE)
 
-        def flush() -> None:
-            if not pending:
-                return
-            try:
-                vecs = self.embedder([c.embed_text for c in pending])
-            except Exception as e:  # a remote embedder without network, a refused key...: one line, nothing half-written
-                raise IndexProblem(f"the embedder {self.spec} failed ({type(e).__name__}: {str(e)[:120]}); nothing of this "
-                                  f"batch was written; fix it (or use the offline default, IMR_EMBEDDER=wordllama) and re-run") from None
-            self.store.set_vectors([c.id for c in pending], vecs)
-            # Filter fields and texts live in the SQLite store; Chroma gets a small metadata set
-            # (measured: full metadata + documents upsert at ~530 chunks/s, this at ~1,800/s).
-            self.collection.upsert(ids=[c.id for c in pending], embeddings=vecs,
-                                   metadatas=[{k: c.meta[k] for k in ("letter_id", "item", "decision", "category")} for c in pending])
-            stats["embedded"] += len(pending)
-            self.store.commit()  # SQLite commits only after the vectors it describes exist
-            pending.clear()
-
-        for rec in records:
-            rec = self.store.place(rec)
-            if rec is None:  # the same letter (by content) is already indexed: its path was added to it
-                stats["duplicates"] += 1
-                continue
-            chunks = chunks_for(rec)
-            before = self.store.digests(rec.letter_id)
-            gone = self.store.put_letter(rec, chunks)
-            if gone:
-                self.collection.delete(ids=gone)
-                stats["deleted"] += len(gone)
-            pending.extend(c for c in chunks if before.get(c.id) != c.digest)
-            stats["letters"] += 1
-            stats["chunks"] += len(chunks)
-            if on_letter:
-                on_letter()
-            if len(pending) >= batch:
-                flush()
-        flush()
+    def merge_small(self) -> int | None:
+        """Merge small segments once ``MERGE_AT`` of them pile up (each add writes one); the big
+        ones are never rewritten. Returns the new segment's number."""
+        small = [num for num, n in self.store.segments() if n < SEGMENT_MAX // 4]
+        if len(small) < MERGE_AT:
+            return None
+        w = SegmentWriter(self.dir, self.store.new_segment_number())
+        try:
+            moved = []
+            for num in small:
+                seg = Segment(self.dir, num, vectors=not self.remote_vectors)
+                live = self.store.live_rowids(num)
+                pos = np.array([i for i, r in enumerate(seg.rowids.tolist()) if r in live], dtype=np.int64)
+                rids = [int(r) for r in seg.rowids[pos]] if len(pos) else []
+                texts, facets = self.store.segment_inputs(rids)
+                w.add(rids, texts, facets, np.asarray(seg.vecs[pos]) if seg.vecs is not None and len(pos) else None)
+                moved += rids
+            w.finish()
+        except BaseException:
+            w.abort()
+            raise
+        self.store.add_segment(w.num, len(w))
+        self.store.move_rows(moved, w.num)
+        self.store.drop_segments(small)
         self.store.commit()
-        self.build_lexical()
-        return stats
+        for num in small:
+            shutil.rmtree(seg_dir(self.dir, num), ignore_errors=True)
+        return w.num
 
-    def build_lexical(self) -> None:
-        """Rebuild BM25, the dense mirror and the facet columns from the store (``lexical.build``)."""
-        lexical.build(self.store, self.dir)
+    def _segments_from_upgrade(self) -> str:
+        """After the format-5 migration: the chunks' vectors (kept in ``upgrade_vectors``) into
+        segments, the old lexical folder and local Chroma copy removed."""
+        rowids = [r for (r,) in self.store.db.execute("SELECT rowid FROM chunks ORDER BY rowid")]
+        n_segs = 0
+        for s in range(0, len(rowids), SEGMENT_MAX):
+            part = rowids[s:s + SEGMENT_MAX]
+            texts, facets = self.store.segment_inputs(part)
+            vecs = None
+            if not self.remote_vectors:
+                got = dict(self.store.db.execute("SELECT rowid, vec FROM upgrade_vectors WHERE rowid BETWEEN ? AND ?", (part[0], part[-1])))
+                if any(got.get(r) is None for r in part):
+                    raise IndexProblem(f"the index in {self.dir} lacks vectors for some passages; run `imr index --rebuild RECORDS`")
+                vecs = np.vstack([np.frombuffer(got[r], dtype=np.float16) for r in part])
+            w = SegmentWriter(self.dir, self.store.new_segment_number())
+            w.add(part, texts, facets, vecs)
+            w.finish()
+            self.store.add_segment(w.num, len(w))
+            self.store.move_rows(part, w.num)
+            n_segs += 1
+        self.store.db.execute("DROP TABLE upgrade_vectors")
+        self.store.set_meta("built", "1")
+        self.store.commit()
+        self.write_items()
+        for old in ("bm25", "chroma"):
+            if not (old == "chroma" and self.remote_vectors):
+                shutil.rmtree(self.dir / old, ignore_errors=True)
+        return f"{len(rowids)} passages into {n_segs} search segment(s); the old lexical folder and local Chroma copy removed"
 
     def close(self) -> None:
         self.store.db.close()
         if self.lock:
             self.lock.release()
+
+
+class _Writer:
+    """One ``add``: letters placed in the store as they come, their chunks gathered into a segment
+    (embedded in batches when the workers did not), committed with it every ``SEGMENT_MAX`` chunks."""
+
+    def __init__(self, index: Index, batch: int, on_letter):
+        self.ix, self.st, self.batch, self.on_letter = index, index.store, batch, on_letter
+        self.seg: SegmentWriter | None = None
+        self.waiting: list[tuple[Prepared, list[int]]] = []  # written rows whose chunks need vectors
+        self.stats = {"letters": 0, "chunks": 0, "embedded": 0, "deleted": 0, "duplicates": 0, "segments": 0}
+
+    def run(self, prepared: Iterable[Prepared]) -> dict:
+        ix, st = self.ix, self.st
+        ix.embedder  # refuse a forbidden or broken embedder before writing anything
+        for k, v in (("embedder", ix.identity), ("embedder_spec", ix.spec), ("schema_version", SCHEMA_VERSION),
+                     ("index_format", INDEX_FORMAT)):
+            st.set_meta(k, v)
+        if ix.remote_vectors:
+            ix.collection  # the server must answer before anything is written
+        remove_stale(seg_root(ix.dir), "*.tmp-*")  # left by a killed build (never committed)
+        remove_stale(ix.dir, f"{ITEMS_FILE}.tmp-*")
+        try:
+            for p in prepared:
+                self.one(p)
+            self.commit_segment()
+        except BaseException:
+            if self.seg:
+                self.seg.abort()
+            raise
+        changed = self.stats["segments"] > 0
+        if changed:
+            ix.merge_small()
+        if changed or not st.get_meta("built") or not (ix.dir / ITEMS_FILE).exists():
+            ix.write_items()
+        st.set_meta("built", "1")
+        st.commit()
+        return self.stats
+
+    def one(self, p: Prepared) -> None:
+        st = self.st
+        pid = st.place_id(p.letter_id, p.sha256, p.source_path)
+        if pid is None:  # the same letter (by content) is already indexed: its path was added to it
+            self.stats["duplicates"] += 1
+            return
+        if pid != p.letter_id:  # another letter holds the id: the same record under the id it gets
+            vecs = p.vectors
+            p = prepare(DecisionRecord.model_validate_json(st.unpack(p.data)).model_copy(update={"letter_id": pid}), st.zdict())
+            p.vectors = vecs
+        self.stats["letters"] += 1
+        self.stats["chunks"] += len(p.chunks)
+        if self.on_letter:
+            self.on_letter()
+        if st.unchanged(p):
+            return
+        if self.seg is None:
+            self.seg = SegmentWriter(self.ix.dir, st.new_segment_number())
+        rowids, gone = st.put_letter(p, self.seg.num)
+        if gone and self.ix.remote_vectors:
+            self.ix.collection.delete(ids=gone)
+        self.stats["deleted"] += len(gone)
+        if p.vectors is None or len(p.vectors) != len(p.chunks):
+            self.waiting.append((p, rowids))
+            if sum(len(q.chunks) for q, _ in self.waiting) >= self.batch:
+                self.embed_waiting()
+        else:
+            self.place_chunks(p, rowids)
+        if len(self.seg) + sum(len(q.chunks) for q, _ in self.waiting) >= SEGMENT_MAX:
+            self.commit_segment()
+
+    def embed_waiting(self) -> None:
+        if not self.waiting:
+            return
+        letters = [p for p, _ in self.waiting]
+        try:
+            embed_prepared(letters, self.ix.embedder)
+        except Exception as e:  # a remote embedder without network, a refused key...: one line, nothing half-written
+            raise IndexProblem(f"the embedder {self.ix.spec} failed ({type(e).__name__}: {str(e)[:120]}); nothing of this "
+                              f"segment was written; fix it (or use the offline default, IMR_EMBEDDER=wordllama) and re-run") from None
+        for p, rowids in self.waiting:
+            self.place_chunks(p, rowids)
+        self.waiting = []
+
+    def place_chunks(self, p: Prepared, rowids: list[int]) -> None:
+        if not p.chunks:
+            return
+        self.stats["embedded"] += len(p.chunks)
+        if self.ix.remote_vectors:
+            # Filter fields and texts live in the SQLite store; Chroma gets a small metadata set
+            # (measured: full metadata + documents upsert at ~530 chunks/s, this at ~1,800/s).
+            self.ix.collection.upsert(ids=[c.id for c in p.chunks], embeddings=p.vectors.astype(np.float32).tolist(),
+                                      metadatas=[{"letter_id": p.letter_id, "item": c.item} for c in p.chunks])
+        self.seg.add(rowids, [c.text for c in p.chunks], [c.facets for c in p.chunks],
+                     None if self.ix.remote_vectors else p.vectors)
+
+    def commit_segment(self) -> None:
+        """The segment's files first, then the rows that point at them, in one commit."""
+        self.embed_waiting()
+        if self.seg is None:
+            return
+        if len(self.seg):
+            self.seg.finish()
+            self.st.add_segment(self.seg.num, len(self.seg))
+            self.stats["segments"] += 1
+        else:
+            self.seg.abort()
+        self.st.commit()
+        self.seg = None
+
+
+def _line_batches(path: Path, size: int) -> Iterator[list[tuple[str, int, str]]]:
+    part = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                part.append((str(path), n, line))
+                if len(part) >= size:
+                    yield part
+                    part = []
+    if part:
+        yield part
+
+
+def _checked(results: list) -> Iterator[Prepared]:
+    for r in results:
+        if isinstance(r, tuple):
+            path, n, why = r
+            raise IndexProblem(f"{path}:{n}: not a decision record ({why}); was it written by `imr extract`?")
+        yield r
 
 
 def read_records(path: Path) -> Iterator[DecisionRecord]:

@@ -70,12 +70,16 @@ class Rebuild:
         shutil.rmtree(self.new_dir, ignore_errors=True)
 
 
-def rebuild(data_dir: Path, embedder: str | None, records: Iterable[DecisionRecord], on_letter=None,
+def rebuild(data_dir: Path, embedder: str | None, records: Iterable[DecisionRecord] | Path, on_letter=None,
             batch: int = 512) -> tuple[Index, dict]:
-    """Build a whole new index from ``records`` and swap it in; the index in use is untouched on failure."""
+    """Build a whole new index from ``records`` (or a records file) and swap it in; the index in use
+    is untouched on failure."""
     rb = Rebuild(data_dir, embedder)
     try:
-        stats = rb.index.add(records, batch=batch, on_letter=on_letter)
+        if isinstance(records, Path):
+            stats = rb.index.add_file(records, batch=batch, on_letter=on_letter)
+        else:
+            stats = rb.index.add(records, batch=batch, on_letter=on_letter)
     except BaseException:
         rb.abort()
         raise

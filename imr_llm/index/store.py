@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -17,28 +16,20 @@ import numpy as np
 
 from ..core.filters import COLUMNS, Filters, row_values, write_facets
 from ..core.models import DecisionRecord
-from .chunk import Chunk, flat
+from .chunk import flat
+from .prepare import ITEM_COLUMNS, SUMMARY_COLUMNS, Prepared, item_row, pack, summary_values, unpack
 from .problems import IndexProblem
 
 # 2: filter columns from filters.COLUMNS (drug class, partial, dates, counts); 3: chunks.quote;
-# 4: records compressed (zlib with the index's dictionary), chunk text only as quote, vectors float16
-INDEX_FORMAT = "4"
+# 4: records compressed (zlib with the index's dictionary), chunk text only as quote, vectors float16;
+# 5: vectors, BM25 and facets in segments; chunk rows compressed, item chunks read their filter
+#    columns from their item (the ``chunk_rows`` view)
+INDEX_FORMAT = "5"
 VEC_DTYPE = np.float16  # half the bytes; recall@10 against float32 exact search measured in BENCHMARKS.md
 
-
-# Filter columns (``filters.COLUMNS``) sit on both tables: items answer counts exactly, chunks are
-# what retrieval filters. The rest of each table is written out here.
-_ITEM_BASE = {"letter_id": "TEXT", "item": "INTEGER", "cite_id": "TEXT", "request": "TEXT", "drug": "TEXT",
-              "guidelines": "TEXT", "denial_reasons": "TEXT"}
-_CHUNK_BASE = {"id": "TEXT UNIQUE", "letter_id": "TEXT", "item": "INTEGER", "n": "INTEGER", "quote": "TEXT", "context": "TEXT",
-               "start": "INTEGER", "end": "INTEGER", "digest": "TEXT", "cite_id": "TEXT", "source_path": "TEXT",
-               "request": "TEXT", "guidelines": "TEXT", "denial_reasons": "TEXT"}
-ITEM_COLUMNS = {**_ITEM_BASE, **{c: t for c, t in COLUMNS.items() if c not in _ITEM_BASE}}
 ITEM_FACETS = [c for c in ITEM_COLUMNS if c not in ("request", "drug")]  # what stats and the page group and filter by
-CHUNK_COLUMNS = {**_CHUNK_BASE, **{c: t for c, t in COLUMNS.items() if c not in _CHUNK_BASE}}
-
-
-_ROW_COLUMNS = ", ".join(["rowid"] + [f'"{c}"' for c in CHUNK_COLUMNS])  # every column but the vector
+CHUNK_COLUMNS = {"id": "TEXT UNIQUE", "letter_id": "TEXT", "item": "INTEGER", "n": "INTEGER", "body": "BLOB",
+                 "start": "INTEGER", "end": "INTEGER", "seg": "INTEGER", **{c: COLUMNS[c] for c in SUMMARY_COLUMNS}}
 
 
 def _cols(d: dict[str, str]) -> str:
@@ -48,13 +39,27 @@ def _cols(d: dict[str, str]) -> str:
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS records (letter_id TEXT PRIMARY KEY, cite_id TEXT, source_path TEXT, sha256 TEXT, data BLOB,
-  paths TEXT);
+  paths TEXT, rdigest TEXT);
 CREATE INDEX IF NOT EXISTS records_sha ON records(sha256);
 CREATE TABLE IF NOT EXISTS items ({_cols(ITEM_COLUMNS)}, PRIMARY KEY (letter_id, item));
-CREATE TABLE IF NOT EXISTS chunks (rowid INTEGER PRIMARY KEY, {_cols(CHUNK_COLUMNS)}, vec BLOB);
-CREATE INDEX IF NOT EXISTS chunks_letter ON chunks(letter_id);
+CREATE TABLE IF NOT EXISTS chunks (rowid INTEGER PRIMARY KEY, {_cols(CHUNK_COLUMNS)});
 CREATE INDEX IF NOT EXISTS items_decision ON items(decision, category);
+CREATE TABLE IF NOT EXISTS segments (num INTEGER PRIMARY KEY, chunks INTEGER);
 """
+
+# A chunk with its filter columns: an item's chunk takes them from its item, a summary chunk keeps
+# its letter-level values. Recreated on every open, so it follows COLUMNS.
+_VIEW = ("DROP VIEW IF EXISTS chunk_rows; CREATE TEMP VIEW chunk_rows AS SELECT c.rowid AS rowid, c.id AS id, "
+         "c.letter_id AS letter_id, c.item AS item, c.n AS n, c.body AS body, c.start AS start, c.\"end\" AS \"end\", "
+         "c.seg AS seg, r.cite_id AS cite_id, r.source_path AS source_path, "
+         "CASE WHEN c.item >= 0 THEN i.request ELSE '' END AS request, "
+         "CASE WHEN c.item >= 0 THEN i.guidelines ELSE '|' END AS guidelines, "
+         "CASE WHEN c.item >= 0 THEN i.denial_reasons ELSE '|' END AS denial_reasons, "
+         + ", ".join(f'CASE WHEN c.item >= 0 THEN i."{k}" ELSE c."{k}" END AS "{k}"' for k in SUMMARY_COLUMNS)
+         + " FROM chunks c JOIN records r ON r.letter_id = c.letter_id "
+           "LEFT JOIN items i ON i.letter_id = c.letter_id AND i.item = c.item;")
+_ROW_COLUMNS = ["rowid", "id", "letter_id", "item", "n", "body", "start", "end", "seg", "cite_id", "source_path", "request",
+                "guidelines", "denial_reasons", *SUMMARY_COLUMNS]
 
 
 class Store:
@@ -65,9 +70,12 @@ class Store:
         try:
             self.db = sqlite3.connect(str(path), timeout=30)
             self.db.executescript("PRAGMA journal_mode=WAL;" + _SCHEMA)
+            if "body" in _columns(self.db, "chunks"):  # an earlier format gets the view after its upgrade
+                self.db.executescript(_VIEW)
         except sqlite3.DatabaseError as e:
             raise IndexProblem(f"{path}: index store is damaged ({e}); run `imr index --rebuild RECORDS`") from None
         self._zd: bytes | None = None  # the compression dictionary, read on first use
+        self._next: int | None = None  # the next chunk rowid
 
     def get_meta(self, k: str) -> str | None:
         row = self.db.execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
@@ -76,45 +84,91 @@ class Store:
     def set_meta(self, k: str, v: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (k, v))
 
-    def digests(self, letter_id: str) -> dict[str, str]:
-        return dict(self.db.execute("SELECT id, digest FROM chunks WHERE letter_id=?", (letter_id,)).fetchall())
+    def chunk_ids_of(self, letter_id: str) -> list[str]:
+        # the UNIQUE index on id answers a letter's chunks (ids start "LETTER:"); no index on letter_id
+        return [r[0] for r in self.db.execute("SELECT id FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?",
+                                              (letter_id + ":", letter_id + ";", letter_id))]
 
-    def put_letter(self, rec: DecisionRecord, chunks: list[Chunk]) -> list[str]:
-        """Replace one letter's rows; returns chunk ids that no longer exist (to delete from Chroma)."""
-        old = set(self.digests(rec.letter_id))
-        kept = self.db.execute("SELECT paths, sha256 FROM records WHERE letter_id=?", (rec.letter_id,)).fetchone()
+    def unchanged(self, p: Prepared) -> bool:
+        """The same record is indexed already (its rows were committed with their segment)."""
+        got = self.db.execute("SELECT rdigest FROM records WHERE letter_id=?", (p.letter_id,)).fetchone()
+        return bool(got and got[0] == p.rdigest)
+
+    def next_rowid(self) -> int:
+        if self._next is None:
+            self._next = (self.db.execute("SELECT max(rowid) FROM chunks").fetchone()[0] or 0) + 1
+        return self._next
+
+    def put_letter(self, p: Prepared, seg: int | None) -> tuple[list[int], list[str]]:
+        """Replace one letter's rows; its chunks get new rowids in segment ``seg``. Returns (their
+        rowids, chunk ids that no longer exist: to delete from a Chroma server)."""
+        old = self.chunk_ids_of(p.letter_id)
+        kept = self.db.execute("SELECT paths, sha256 FROM records WHERE letter_id=?", (p.letter_id,)).fetchone()
         # copies listed with the letter stay listed while its content is the same
-        paths = [p for p in json.loads(kept[0] or "[]") if p != rec.source_path] if kept and kept[1] == rec.sha256 else []
-        self.db.execute("INSERT OR REPLACE INTO records (letter_id, cite_id, source_path, sha256, data, paths) VALUES (?,?,?,?,?,?)",
-                        (rec.letter_id, rec.cite_id, rec.source_path, rec.sha256, self.pack(rec.model_dump_json()),
-                         json.dumps([rec.source_path] + paths)))
-        self.db.execute("DELETE FROM items WHERE letter_id=?", (rec.letter_id,))
-        rows = [_item_row(rec, i) for i in range(len(rec.items))]
-        self.db.executemany(_insert("items", ITEM_COLUMNS), [[r.get(c) for c in ITEM_COLUMNS] for r in rows])
-        gone = sorted(old - {c.id for c in chunks})
-        if gone:
-            self.db.executemany("DELETE FROM chunks WHERE id=?", [(g,) for g in gone])
-        self.db.executemany(_insert("chunks", CHUNK_COLUMNS, upsert=True),
-                            [[row.get(col) for col in CHUNK_COLUMNS] for row in (_chunk_row(rec, c, rows) for c in chunks)])
-        return gone
+        paths = [x for x in json.loads(kept[0] or "[]") if x != p.source_path] if kept and kept[1] == p.sha256 else []
+        self.db.execute("INSERT OR REPLACE INTO records (letter_id, cite_id, source_path, sha256, data, paths, rdigest) "
+                        "VALUES (?,?,?,?,?,?,?)", (p.letter_id, p.cite_id, p.source_path, p.sha256, p.data,
+                                                   json.dumps([p.source_path] + paths), p.rdigest))
+        self.db.execute("DELETE FROM items WHERE letter_id=?", (p.letter_id,))
+        self.db.executemany(_insert("items", ITEM_COLUMNS), p.items)
+        if old:
+            self.db.execute("DELETE FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?", (p.letter_id + ":", p.letter_id + ";", p.letter_id))
+        first = self.next_rowid()
+        rowids = list(range(first, first + len(p.chunks)))
+        self._next = first + len(p.chunks)
+        self.db.executemany(_insert("chunks", {"rowid": "", **CHUNK_COLUMNS}),
+                            [[r, c.id, p.letter_id, c.item, c.n, c.body, c.start, c.end, seg, *summary_values(c)]
+                             for r, c in zip(rowids, p.chunks)])
+        return rowids, sorted(set(old) - {c.id for c in p.chunks})
 
-    def place(self, rec: DecisionRecord) -> DecisionRecord | None:
+    def place_id(self, letter_id: str, sha256: str, source_path: str) -> str | None:
         """Where a record goes. Ids come from file names, so two folders' ``letter.txt`` would share
         one: a different letter (other content, other path) under a taken id gets ``id~sha8``; the
         same content already indexed from another path is one letter (None: its path is listed
         with it, nothing is counted twice); the same path with new content replaces its record."""
-        same = self.db.execute("SELECT letter_id, source_path, paths FROM records WHERE sha256=?", (rec.sha256,)).fetchone()
-        if same and rec.source_path != same[1]:
+        same = self.db.execute("SELECT letter_id, source_path, paths FROM records WHERE sha256=?", (sha256,)).fetchone()
+        if same and source_path != same[1]:
             paths = json.loads(same[2] or "[]")
-            if rec.source_path not in paths:
-                self.db.execute("UPDATE records SET paths=? WHERE letter_id=?", (json.dumps(paths + [rec.source_path]), same[0]))
+            if source_path not in paths:
+                self.db.execute("UPDATE records SET paths=? WHERE letter_id=?", (json.dumps(paths + [source_path]), same[0]))
             return None
         if same:
-            return rec.model_copy(update={"letter_id": same[0]})  # the same file again: an idempotent re-index
-        taken = self.db.execute("SELECT source_path, sha256 FROM records WHERE letter_id=?", (rec.letter_id,)).fetchone()
-        if taken and taken[1] != rec.sha256 and taken[0] != rec.source_path:
-            return rec.model_copy(update={"letter_id": f"{rec.letter_id}~{rec.sha256[:8]}"})
-        return rec
+            return same[0]  # the same file again: an idempotent re-index
+        taken = self.db.execute("SELECT source_path, sha256 FROM records WHERE letter_id=?", (letter_id,)).fetchone()
+        if taken and taken[1] != sha256 and taken[0] != source_path:
+            return f"{letter_id}~{sha256[:8]}"
+        return letter_id
+
+    # -- segments: the live ones, committed with the chunk rows that point at them
+    def segments(self) -> list[tuple[int, int]]:
+        return self.db.execute("SELECT num, chunks FROM segments ORDER BY num").fetchall()
+
+    def new_segment_number(self) -> int:
+        return (self.db.execute("SELECT max(num) FROM segments").fetchone()[0] or 0) + 1
+
+    def add_segment(self, num: int, chunks: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO segments VALUES (?,?)", (num, chunks))
+
+    def drop_segments(self, nums: list[int]) -> None:
+        self.db.executemany("DELETE FROM segments WHERE num=?", [(n,) for n in nums])
+
+    def live_rowids(self, num: int) -> set[int]:
+        return {r for (r,) in self.db.execute("SELECT rowid FROM chunks WHERE seg=?", (num,))}
+
+    def move_rows(self, rowids: list[int], num: int) -> None:
+        self.db.executemany("UPDATE chunks SET seg=? WHERE rowid=?", [(num, r) for r in rowids])
+
+    def segment_inputs(self, rowids: list[int]) -> tuple[list[str], list[tuple]]:
+        """(BM25 texts, facet values) of these chunks, in this order (merges and upgrades)."""
+        cols = ", ".join(f'"{c}"' for c in COLUMNS)
+        texts, facets = {}, {}
+        for i in range(0, len(rowids), 900):
+            part = rowids[i:i + 900]
+            for r, b, *vals in self.db.execute(f"SELECT rowid, body, {cols} FROM chunk_rows WHERE rowid IN ({','.join('?' * len(part))})", part):
+                context, _, quote = self.unpack(b).partition("\x00")
+                texts[r] = f"{context} {flat(quote)}"
+                facets[r] = tuple(vals)
+        return [texts[r] for r in rowids], [facets[r] for r in rowids]
 
     # -- reading: every query of the items, records and chunks tables lives here
     ITEM_ORDER = "decision_date DESC, letter_id, item"
@@ -163,7 +217,7 @@ class Store:
 
     def chunk_ids(self, f: Filters) -> list[str]:
         where, args = f.sql()
-        return [r[0] for r in self.db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
+        return [r[0] for r in self.db.execute(f"SELECT id FROM chunk_rows WHERE {where}", args)]
 
     # -- schema upgrades: numbered, in order, each in one transaction
     def migrate(self) -> list[str]:
@@ -191,7 +245,7 @@ class Store:
         `imr index` that failed): read from its tables, never assumed from an empty one."""
         rec = _columns(self.db, "records")
         chunks = _columns(self.db, "chunks")
-        return INDEX_FORMAT if "data" in rec else "3" if "quote" in chunks else "2" if "paths" in rec else "1"
+        return "5" if "body" in chunks else "4" if "data" in rec else "3" if "quote" in chunks else "2" if "paths" in rec else "1"
 
     def write_item_facets(self, path: Path) -> None:
         """The items table as columns of codes (``items.npz``): filters, counts and rates over a
@@ -220,47 +274,37 @@ class Store:
         self.db.rollback()
         self._zd = None  # its meta row may have been rolled back with the rest
 
-    def pack(self, record_json: str) -> bytes:
-        co = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict())  # 9: 4% smaller, 50% slower
-        return co.compress(record_json.encode()) + co.flush()
+    def pack(self, text: str) -> bytes:
+        return pack(text, self._zdict())
 
     def unpack(self, data: bytes) -> str:
-        do = zlib.decompressobj(15, self._zdict())
-        return (do.decompress(data) + do.flush()).decode()
+        return unpack(data, self._zdict())
 
-    def set_vectors(self, ids: list[str], vecs) -> None:
-        self.db.executemany("UPDATE chunks SET vec=? WHERE id=?", [(np.asarray(v, dtype=VEC_DTYPE).tobytes(), i) for i, v in zip(ids, vecs)])
+    def zdict(self) -> bytes:
+        return self._zdict()
 
-    def vectors(self) -> Iterator[np.ndarray | None]:
-        """Every chunk's vector (float32), in rowid order; None where none was written."""
-        for (v,) in self.db.execute("SELECT vec FROM chunks ORDER BY rowid"):
-            yield np.frombuffer(v, dtype=VEC_DTYPE).astype(np.float32) if v else None
+    def has_table(self, name: str) -> bool:
+        return bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone())
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
-    def chunk_columns(self, cols: list[str]) -> Iterator[tuple]:
-        """``cols`` of every chunk in rowid order (the facet columns beside the lexical index)."""
-        yield from self.db.execute(f"SELECT {', '.join(f'[{c}]' for c in cols)} FROM chunks ORDER BY rowid")
+    def _rows(self, where: str, keys: list) -> Iterator[dict]:
+        cols = ", ".join(f'"{c}"' for c in _ROW_COLUMNS)
+        for i in range(0, len(keys), 900):
+            part = keys[i:i + 900]
+            for r in self.db.execute(f"SELECT {cols} FROM chunk_rows WHERE {where} IN ({','.join('?' * len(part))})", part):
+                d = dict(zip(_ROW_COLUMNS, r))
+                d["context"], _, d["quote"] = self.unpack(d.pop("body")).partition("\x00")
+                d["text"] = flat(d["quote"])
+                yield d
 
-    def all_texts(self) -> Iterator[tuple[int, str, str]]:
-        """(rowid, chunk id, context and text): what the lexical index reads."""
-        for rowid, cid, context, quote in self.db.execute("SELECT rowid, id, context, quote FROM chunks ORDER BY rowid"):
-            yield rowid, cid, f"{context} {flat(quote or '')}"
+    def rows(self, rowids: Iterable[int]) -> dict[int, dict]:
+        """Chunk rows with their filter columns and exact letter text, by rowid."""
+        return {d["rowid"]: d for d in self._rows("rowid", list(rowids))}
 
-    def rows(self, ids: Iterable[str]) -> dict[str, dict]:
-        ids = list(ids)
-        out: dict[str, dict] = {}
-        cur = self.db.cursor()
-        for i in range(0, len(ids), 900):
-            part = ids[i:i + 900]
-            cur.execute(f"SELECT {_ROW_COLUMNS} FROM chunks WHERE id IN ({','.join('?' * len(part))})", part)
-            cols = [d[0] for d in cur.description]
-            for r in cur.fetchall():
-                d = dict(zip(cols, r))
-                d["text"] = flat(d["quote"] or "")
-                out[d["id"]] = d
-        return out
+    def rows_by_id(self, ids: Iterable[str]) -> dict[str, dict]:
+        return {d["id"]: d for d in self._rows("id", list(ids))}
 
     def commit(self) -> None:
         self.db.commit()
@@ -270,7 +314,7 @@ def _migrate_to_2(store: "Store") -> str:
     """Format 1 -> 2: the filter columns of ``filters.COLUMNS`` and the records' paths, filled from
     each stored record (fields a format-1 record never had stay empty until it is re-extracted)."""
     db = store.db
-    for table, cols in (("items", ITEM_COLUMNS), ("chunks", CHUNK_COLUMNS), ("records", {"paths": "TEXT"})):
+    for table, cols in (("items", ITEM_COLUMNS), ("chunks", COLUMNS), ("records", {"paths": "TEXT"})):
         have = _columns(db, table)
         for c, t in cols.items():
             if c not in have:
@@ -281,7 +325,7 @@ def _migrate_to_2(store: "Store") -> str:
         rec = DecisionRecord.model_validate_json(js)
         db.execute("UPDATE records SET paths=? WHERE letter_id=?", (json.dumps([src]), lid))
         for i in range(len(rec.items)):
-            row = _item_row(rec, i)
+            row = item_row(rec, i)
             db.execute(f"UPDATE items SET {', '.join(f'[{c}]=?' for c in item_cols)} WHERE letter_id=? AND item=?",
                        [row.get(c) for c in item_cols] + [lid, i])
         for (item,) in db.execute("SELECT DISTINCT item FROM chunks WHERE letter_id=?", (lid,)).fetchall():
@@ -344,27 +388,32 @@ def _migrate_to_4(store: "Store") -> str:
     return f"format 4: {n} records compressed, {m} vectors at half precision"
 
 
+def _migrate_to_5(store: "Store") -> str:
+    """Format 4 -> 5: chunk rows compressed (context and letter text together), item chunks without
+    copies of their item's filter columns; the vectors wait in ``upgrade_vectors`` until the
+    writer puts them in segments (``Index.finish_upgrade``)."""
+    db = store.db
+    old = _columns(db, "chunks")
+    db.create_function("imr_pack", 1, store.pack, deterministic=True)
+    db.execute("ALTER TABLE chunks RENAME TO chunks_v4")
+    db.execute(f"CREATE TABLE chunks (rowid INTEGER PRIMARY KEY, {_cols(CHUNK_COLUMNS)})")
+    summary = ", ".join(f'CASE WHEN item < 0 THEN "{c}" END' if c in old else "NULL" for c in SUMMARY_COLUMNS)
+    db.execute(f'INSERT INTO chunks (rowid, id, letter_id, item, n, body, start, "end", seg, {", ".join(f"[{c}]" for c in SUMMARY_COLUMNS)}) '
+               f"SELECT rowid, id, letter_id, item, n, imr_pack(coalesce(context, '') || char(0) || coalesce(quote, '')), start, \"end\", "
+               f"NULL, {summary} FROM chunks_v4")
+    db.execute("CREATE TABLE IF NOT EXISTS upgrade_vectors (rowid INTEGER PRIMARY KEY, vec BLOB)")
+    db.execute("INSERT INTO upgrade_vectors SELECT rowid, vec FROM chunks_v4")
+    db.execute("DROP TABLE chunks_v4")
+    if "rdigest" not in _columns(db, "records"):
+        db.execute("ALTER TABLE records ADD COLUMN rdigest TEXT")
+    db.executescript(_VIEW)
+    n = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    return f"format 5: {n} chunk rows compressed"
+
+
 # (index format reached, step): run in order by Store.migrate
-MIGRATIONS = [(2, _migrate_to_2), (3, _migrate_to_3), (4, _migrate_to_4)]
+MIGRATIONS = [(2, _migrate_to_2), (3, _migrate_to_3), (4, _migrate_to_4), (5, _migrate_to_5)]
 
 
-def _insert(table: str, cols: dict[str, str], upsert: bool = False) -> str:
-    names = ", ".join(f'"{c}"' for c in cols)
-    sql = f"INSERT INTO {table} ({names}) VALUES ({','.join('?' * len(cols))})"
-    if upsert:  # keep the row (and its vector) when a re-index finds the same chunk id
-        sql += " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f'"{c}"=excluded."{c}"' for c in cols if c != "id")
-    return sql
-
-
-def _item_row(rec: DecisionRecord, i: int) -> dict:
-    it = rec.items[i]
-    return {**row_values(rec, i), "item": i, "cite_id": rec.cite_id, "request": it.request, "drug": it.drug,
-            "guidelines": "|" + "|".join(sorted({g.name for g in it.guideline_sources})) + "|",
-            "denial_reasons": "|" + "|".join(it.denial_reasons) + "|"}
-
-
-def _chunk_row(rec: DecisionRecord, c: Chunk, item_rows: list[dict]) -> dict:
-    base = item_rows[c.item] if c.item >= 0 else {**row_values(rec, -1), "request": "", "guidelines": "|", "denial_reasons": "|"}
-    return {**base, "id": c.id, "item": c.item, "n": c.n, "quote": c.quote, "context": c.context, "start": c.start,
-            "end": c.end, "digest": c.digest, "cite_id": rec.cite_id, "source_path": rec.source_path,
-            "kind": "summary" if c.item < 0 else "rationale"}
+def _insert(table: str, cols: dict[str, str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(f'[{c}]' for c in cols)}) VALUES ({','.join('?' * len(cols))})"

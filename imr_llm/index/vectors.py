@@ -1,4 +1,4 @@
-"""Where the vectors live: Chroma, a local ``PersistentClient`` or a shared server (``IMR_CHROMA_URL``)."""
+"""The shared Chroma server (``IMR_CHROMA_URL``), where a team keeps the vectors instead of each index's segments."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,11 +23,15 @@ def chroma_client(path: Path):
             raise IndexProblem(f"IMR_LOCAL_ONLY is set: refusing Chroma server {url!r}")
         return chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),
                                    ssl=u.scheme == "https", settings=cs)
-    return chromadb.PersistentClient(path=str(path), settings=cs)
+    raise IndexProblem("no Chroma server configured (IMR_CHROMA_URL): local indexes keep their vectors in search segments")
 
 
 def forget_clients() -> None:
     """Drop chromadb's per-process client cache before its folder is deleted under it."""
+    import sys
+
+    if "chromadb" not in sys.modules:  # never imported here: nothing cached (and no 1 s import)
+        return
     try:
         from chromadb.api.client import SharedSystemClient
 

@@ -78,7 +78,7 @@ class _Page:
         """items.npz, reloaded when the index is rebuilt (its folder is swapped)."""
         from ..query.stats import load_facets
 
-        p = idx.dir / "bm25" / "items.npz"
+        p = idx.dir / "items.npz"
         stamp = p.stat().st_mtime_ns if p.exists() else None
         if self.loaded.get("stamp") != stamp:
             self.loaded.update(stamp=stamp, fz=load_facets(idx.dir) if stamp else None)

@@ -1,21 +1,22 @@
-"""Hybrid retrieval: Chroma dense + BM25, reciprocal rank fusion, filters, one-letter diversity.
+"""Hybrid retrieval: dense + BM25 over every search segment, reciprocal rank fusion, filters,
+one-letter diversity.
 
-Filters: with the local mirror, a mask from the facets columns (``facets.npz``) restricts both
-the dense scores and BM25 in one pass. Otherwise (Chroma server, or an index built before the
-facets existed) filters are applied to over-fetched candidates using the SQLite store (Chroma's own
-``where`` is slow on broad filters at scale), and when the candidates run dry the allowed chunks
-are scored directly: their vectors fetched by id, BM25 with a mask.
+Each segment answers its best passages (exact float16 scores; an IVF picks the candidates in large
+segments); the best over all segments are kept, and a passage whose letter was re-indexed into a
+newer segment since is dropped (its row says which segment holds it). Filters: a mask from each
+segment's facet columns restricts both searches in one pass, and the store has the last word on
+every row. With a Chroma server (``IMR_CHROMA_URL``) the dense side asks it instead: filters then
+apply to over-fetched candidates, and when those run dry the allowed chunks are scored directly.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import env
 from ..core.filters import Filters
 from ..index import Index, IndexProblem
+from ..index.segments import Segment, merged
 
 RRF_K = 60
 SMALL_SET = 4000
@@ -32,85 +33,61 @@ class Hit:
 class Retriever:
     def __init__(self, index: Index):
         self.index = index
-        self._bm = None
-        self._ids: list[str] = []
-        self._pos: dict[str, int] = {}
+        self._segs: list[Segment] | None = None
         self._stemmer = None
-        self._dense = None
-        self._facets: dict | None = None
 
-    def _lexical(self):
-        if self._bm is None:
-            import bm25s
+    def segments(self) -> list[Segment]:
+        if self._segs is None:
             import Stemmer
 
-            d = self.index.dir / "bm25"
-            try:
-                self._ids = json.loads((d / "ids.json").read_text()) if (d / "ids.json").exists() else []
-                self._pos = {cid: i for i, cid in enumerate(self._ids)}
-                self._stemmer = Stemmer.Stemmer("english")
-                self._bm = bm25s.BM25.load(str(d), mmap=True, show_progress=False) if self._ids else False
-                e = env()
-                use_mirror = e.dense != "chroma" and not e.chroma_url and (d / "dense.npy").exists()
-                self._dense = np.load(d / "dense.npy", mmap_mode="r") if use_mirror else None
-                if self._bm and self._bm.scores["num_docs"] != len(self._ids) or (
-                        self._dense is not None and self._dense.shape[0] != len(self._ids)):
-                    raise ValueError("its files do not agree on the number of passages")
-            except IndexProblem:
-                raise
-            except Exception as e:  # a deleted or truncated file of the lexical index or mirror
-                raise IndexProblem(f"the lexical index in {d} is damaged ({type(e).__name__}: {str(e)[:100]}); "
-                                  f"run `imr index --rebuild RECORDS`") from None
-        return self._bm
+            self._stemmer = Stemmer.Stemmer("english")
+            self._segs = self.index.segments()
+        return self._segs
 
-    def facets(self) -> dict | None:
-        """The facet columns (loaded on the first filtered query; only used with the local mirror)."""
-        self._lexical()
-        path = self.index.dir / "bm25" / "facets.npz"
-        if self._facets is None and self._dense is not None and path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    self._facets = {k: z[k] for k in z.files}
-            except Exception as e:
-                raise IndexProblem(f"{path} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
-        return self._facets
+    def _rowids(self, num: int) -> np.ndarray:
+        return next(s.rowids for s in self._segs if s.num == num)
 
-    def lexical(self, query: str, n: int, mask: np.ndarray | None = None) -> list[str]:
-        bm = self._lexical()
-        if not bm:
-            return []
+    def _masks(self, filters: Filters | None) -> dict[int, np.ndarray | None]:
+        return {s.num: (filters.facet_mask(s.facets()) if filters is not None and filters.active() else None) for s in self.segments()}
+
+    def lexical(self, query: str, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
         import bm25s
 
+        segs = self.segments()
         toks = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, show_progress=False)
         if not toks.vocab or all(len(x) == 0 for x in toks.ids):
             return []
-        n = min(n, len(self._ids))
-        docs, scores = bm.retrieve(toks, k=n, show_progress=False, weight_mask=mask, n_threads=1)
-        return [self._ids[int(d)] for d, s in zip(docs[0], scores[0]) if s > 0]
+        masks = masks or {}
+        parts = []
+        for s in segs:
+            m = masks.get(s.num)
+            if m is None or m.any():
+                parts.append((s.num, s.lexical(toks, n, None if m is None else m.astype(np.float32))))
+        return merged(parts, n, self._rowids)
 
-    def dense(self, qv: np.ndarray, n: int, mask: np.ndarray | None = None) -> list[str]:
-        self._lexical()
-        if self._dense is not None:
-            scores = np.asarray(self._dense @ qv[0])
-            if mask is not None:
-                scores = np.where(mask > 0, scores, -np.inf)
-            n = min(n, len(scores))
-            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-            top = top[np.argsort(-scores[top])]
-            return [self._ids[i] for i in top if np.isfinite(scores[i])]
+    def dense(self, qv: np.ndarray, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
+        masks = masks or {}
+        parts = []
+        for s in self.segments():
+            m = masks.get(s.num)
+            if m is None or m.any():
+                parts.append((s.num, s.dense(qv[0], n, m)))
+        return merged(parts, n, self._rowids)
+
+    def _chroma(self, qv: np.ndarray, n: int) -> list[str]:
         try:
             col = self.index.collection
             total = col.count()
-            if not total and self._ids:  # the store has passages, Chroma has none: never answer from BM25 alone silently
-                raise ValueError(f"Chroma holds no vectors for the {len(self._ids)} indexed passages")
+            if not total and self.index.store.count():  # the store has passages, Chroma has none: never BM25 alone silently
+                raise ValueError(f"Chroma holds no vectors for the {self.index.store.count()} indexed passages")
             if not total:
                 return []
             res = col.query(query_embeddings=qv.tolist(), n_results=min(n, total), include=[])
         except IndexProblem:
             raise
         except Exception as e:
-            raise IndexProblem(f"the Chroma index of {self.index.dir} cannot be searched ({type(e).__name__}: {str(e)[:120]}); "
-                              f"run `imr index --rebuild RECORDS` (or unset IMR_DENSE=chroma to use the mirror)") from None
+            raise IndexProblem(f"the Chroma server's index for {self.index.dir} cannot be searched ({type(e).__name__}: "
+                              f"{str(e)[:120]}); run `imr index --rebuild RECORDS`") from None
         return res["ids"][0]
 
     def dense_among(self, qv: np.ndarray, ids: list[str], n: int) -> list[str]:
@@ -121,42 +98,51 @@ class Retriever:
         order = np.argsort(-(m @ qv[0]))[:n]
         return [got["ids"][i] for i in order]
 
+    def _ids(self, found: list[tuple[float, int, int]], rows: dict[int, dict]) -> list[str]:
+        """Chunk ids in rank order, of rows that still point at the segment that found them (a
+        letter re-indexed since lives in a newer segment), each once."""
+        out, seen = [], set()
+        for _, r, num in found:
+            row = rows.get(r)
+            if row is not None and row["seg"] == num and row["id"] not in seen:
+                seen.add(row["id"])
+                out.append(row["id"])
+        return out
+
     def search(self, query: str, k: int = 8, filters: Filters | None = None, per_letter: int = 1,
                overfetch: int = 10) -> list[Hit]:
         filters = filters or Filters()
-        qv = self.index.embedder([query])
+        qv = np.asarray(self.index.embedder([query]), dtype=np.float32)
         n = max(50, k * overfetch)
-        facets = self.facets() if filters.active() else None
-        if facets is not None:
-            mask = filters.facet_mask(facets).astype(np.float32)
-            dense, lex = (self.dense(qv, n, mask), self.lexical(query, n, mask)) if mask.any() else ([], [])
-            rows = self.index.store.rows(set(dense) | set(lex))
-            keep = {cid for cid, r in rows.items() if filters.match(r)}  # the store has the last word
-            dense = [c for c in dense if c in keep]
-            lex = [c for c in lex if c in keep]
-        else:
-            dense, lex = self.dense(qv, n), self.lexical(query, n)
-            rows = self.index.store.rows(set(dense) | set(lex))
-        if filters.active() and facets is None:
-            keep = {cid for cid, r in rows.items() if filters.match(r)}
-            if len({rows[c]["letter_id"] for c in keep}) < k:
+        self.segments()
+        masks = self._masks(filters) if filters.active() else {}
+        lex_found = self.lexical(query, n, masks)
+        if self.index.remote_vectors:
+            return self._search_server(qv, n, k, filters, per_letter, lex_found)
+        dense_found = self.dense(qv, n, masks)
+        rows = self.index.store.rows({r for _, r, _ in lex_found + dense_found})
+        by_id = {d["id"]: d for d in rows.values()}
+        dense, lex = self._ids(dense_found, rows), self._ids(lex_found, rows)
+        if filters.active():  # the store has the last word
+            dense, lex = [c for c in dense if filters.match(by_id[c])], [c for c in lex if filters.match(by_id[c])]
+        return fuse({"dense": dense, "lexical": lex}, by_id, k, per_letter)
+
+    def _search_server(self, qv, n, k, filters, per_letter, lex_found) -> list[Hit]:
+        rows = self.index.store.rows({r for _, r, _ in lex_found})
+        lex = self._ids(lex_found, rows)
+        by_id = {d["id"]: d for d in rows.values()}
+        dense = self._chroma(qv, n)
+        by_id.update(self.index.store.rows_by_id([c for c in dense if c not in by_id]))
+        dense = [c for c in dense if c in by_id]
+        if filters.active():
+            dense, lex = [c for c in dense if filters.match(by_id[c])], [c for c in lex if filters.match(by_id[c])]
+            if len({by_id[c]["letter_id"] for c in set(dense) | set(lex)}) < k:
                 allowed = self.index.store.chunk_ids(filters)
-                self._lexical()
-                if self._dense is not None or len(allowed) <= SMALL_SET:
-                    mask = np.zeros(len(self._ids), dtype=np.float32)
-                    for cid in allowed:
-                        if cid in self._pos:
-                            mask[self._pos[cid]] = 1
-                    if self._dense is not None:
-                        dense = self.dense(qv, n, mask) if allowed else []
-                    else:
-                        dense = self.dense_among(qv, allowed, n) if allowed else []
-                    lex = self.lexical(query, n, mask) if allowed else []
-                    rows = self.index.store.rows(set(dense) | set(lex))
-                    keep = set(rows)
-            dense = [c for c in dense if c in keep]
-            lex = [c for c in lex if c in keep]
-        return fuse({"dense": dense, "lexical": lex}, rows, k, per_letter)
+                if len(allowed) <= SMALL_SET:
+                    dense = self.dense_among(qv, allowed, n) if allowed else []
+                    by_id.update(self.index.store.rows_by_id([c for c in dense if c not in by_id]))
+                    dense = [c for c in dense if c in by_id]
+        return fuse({"dense": dense, "lexical": lex}, by_id, k, per_letter)
 
 
 def fuse(rankings: dict[str, list[str]], rows: dict[str, dict], k: int, per_letter: int = 1) -> list[Hit]:

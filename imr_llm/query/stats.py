@@ -224,7 +224,7 @@ def load_facets(index_dir) -> dict | None:
 
     from ..index import IndexProblem
 
-    p = Path(index_dir) / "bm25" / "items.npz"
+    p = Path(index_dir) / "items.npz"
     if not p.exists():
         return None
     try:
