@@ -1,0 +1,134 @@
+"""Search segments: the parallel build writes what one process writes; adding letters writes a new
+segment and rewrites none; a re-indexed letter is found once, in its new segment; small segments
+are merged once they pile up."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from imr_llm.cli import app
+
+runner = CliRunner()
+LETTERS = Path(__file__).parent.parent / "evals" / "letters"
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    """Layout-parser records of the 91 letters in evals/letters."""
+    d = tmp_path_factory.mktemp("recs")
+    from imr_llm.config import Settings
+    from imr_llm.run.runner import extract
+
+    out = d / "records.jsonl"
+    extract(sorted(str(p) for p in LETTERS.iterdir() if p.suffix in (".txt", ".pdf")), Settings(data_dir=d / "data"), out, None, 8, use_cache=False)
+    assert len(out.read_text().splitlines()) == 91
+    return out
+
+
+def _state(data: Path) -> dict:
+    from imr_llm.index import Index
+
+    idx = Index(data, embedder=None)
+    rows = dict(idx.store.db.execute("SELECT id, body FROM chunks").fetchall())
+    recs = dict(idx.store.db.execute("SELECT letter_id, data FROM records").fetchall())
+    vecs = {}
+    for s in idx.segments():
+        ids = idx.store.rows(int(r) for r in s.rowids)
+        for i, r in enumerate(s.rowids):
+            if int(r) in ids and ids[int(r)]["seg"] == s.num:
+                vecs.setdefault(ids[int(r)]["id"], []).append(np.asarray(s.vecs[i], dtype=np.float32))
+    idx.close()
+    return {"rows": rows, "records": recs, "vecs": vecs}
+
+
+def _index(data: Path, records: Path, monkeypatch, workers: int, *extra: str) -> str:
+    monkeypatch.setenv("IMR_DATA_DIR", str(data))
+    monkeypatch.setenv("IMR_INDEX_WORKERS", str(workers))
+    res = runner.invoke(app, ["index", str(records), *extra])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_parallel_build_writes_what_one_process_writes(records, tmp_path, monkeypatch):
+    _index(tmp_path / "one", records, monkeypatch, 1)
+    _index(tmp_path / "two", records, monkeypatch, 2)
+    a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
+    assert a["rows"] == b["rows"] and a["records"] == b["records"] and len(a["rows"]) > 300
+    assert set(a["vecs"]) == set(a["rows"]) == set(b["vecs"])
+    assert all(len(v) == 1 and np.allclose(v[0], b["vecs"][k][0], atol=2e-3) for k, v in a["vecs"].items())
+
+
+def test_adding_letters_writes_one_segment_and_rewrites_none(records, tmp_path, monkeypatch):
+    lines = records.read_text().splitlines(keepends=True)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("".join(lines[:60]))
+    second.write_text("".join(lines[60:]))
+    data = tmp_path / "d"
+    _index(data, first, monkeypatch, 1)
+    seg1 = data / "index" / "segments" / "000001"
+    before = {p.name: p.read_bytes() for p in seg1.iterdir()}
+    out = _index(data, second, monkeypatch, 1)
+    assert "1 new search segment" in out
+    assert {p.name: p.read_bytes() for p in seg1.iterdir()} == before  # never rewritten
+    whole = tmp_path / "whole"
+    _index(whole, records, monkeypatch, 1)
+    a, b = _state(data), _state(whole)
+    assert a["rows"] == b["rows"] and set(a["vecs"]) == set(b["vecs"])  # every chunk searchable once
+    # counts are exact whatever the segments
+    q = ["ask", "How many physical therapy requests were upheld?", "--json"]
+    monkeypatch.setenv("IMR_DATA_DIR", str(data))
+    n_two = json.loads(runner.invoke(app, q).output)["count"]
+    monkeypatch.setenv("IMR_DATA_DIR", str(whole))
+    assert json.loads(runner.invoke(app, q).output)["count"] == n_two > 0
+
+    # a changed letter: its chunks move to a new segment; the old segment's entries are never returned
+    rec = json.loads(lines[0])
+    rec["items"][0]["decision"] = "Overturned" if rec["items"][0]["decision"] == "Upheld" else "Upheld"
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(json.dumps(rec) + "\n")
+    out = _index(data, changed, monkeypatch, 1)
+    assert "1 new search segment" in out
+    from imr_llm.index import Index
+    from imr_llm.query.retrieve import Retriever
+
+    r = Retriever(Index(data, embedder=None))
+    found = r.dense(np.asarray(r.index.embedder([rec["items"][0]["request"]]), dtype=np.float32), 400) + \
+        r.lexical(rec["items"][0]["request"], 400)
+    rows = r.index.store.rows({rid for _, rid, _ in found})
+    live = r._ids(found, rows)
+    ids = [rows[rid]["id"] for _, rid, _ in found if rid in rows]
+    assert len(live) == len(set(live)) and any(i.startswith(rec["letter_id"] + ":") for i in live)
+    stale = [n for _, rid, n in found if rid not in rows or rows[rid]["seg"] != n]
+    assert stale and all(i in live for i in ids)  # the old entries were found, and dropped
+    from imr_llm.core.filters import Filters
+
+    hits = r.search(rec["items"][0]["request"], k=20, per_letter=20, filters=Filters.of(letter_id=rec["letter_id"]))
+    mine = [h for h in hits if h.row["letter_id"] == rec["letter_id"] and h.row["item"] == 0]
+    assert mine and all(h.row["decision"] == rec["items"][0]["decision"] for h in mine)
+
+
+def test_small_segments_are_merged(records, tmp_path, monkeypatch):
+    import imr_llm.index as index_mod
+
+    monkeypatch.setattr(index_mod, "MERGE_AT", 3)
+    lines = records.read_text().splitlines(keepends=True)
+    data = tmp_path / "d"
+    for k in range(3):
+        part = tmp_path / f"p{k}.jsonl"
+        part.write_text("".join(lines[k * 30:(k + 1) * 30]))
+        _index(data, part, monkeypatch, 1)
+    db = sqlite3.connect(data / "index" / "store.sqlite")
+    segs = db.execute("SELECT num, chunks FROM segments").fetchall()
+    assert len(segs) == 1 and segs[0][1] == db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    assert sorted(p.name for p in (data / "index" / "segments").iterdir()) == [f"{segs[0][0]:06d}"]
+    whole = tmp_path / "whole"
+    part = tmp_path / "p.jsonl"
+    part.write_text("".join(lines[:90]))
+    _index(whole, part, monkeypatch, 1)
+    a, b = _state(data), _state(whole)
+    assert a["rows"] == b["rows"] and all(len(v) == 1 for v in a["vecs"].values()) and set(a["vecs"]) == set(b["vecs"])
