@@ -132,3 +132,35 @@ def test_small_segments_are_merged(records, tmp_path, monkeypatch):
     _index(whole, part, monkeypatch, 1)
     a, b = _state(data), _state(whole)
     assert a["rows"] == b["rows"] and all(len(v) == 1 for v in a["vecs"].values()) and set(a["vecs"]) == set(b["vecs"])
+
+
+def test_a_large_segment_searches_its_lists(records, tmp_path, monkeypatch):
+    """From IVF_MIN chunks a segment keeps its float16 vectors in faiss inverted lists only: the same
+    vectors as a small segment's, scores exact at float16, a narrow filter scored over every list."""
+    import imr_llm.index.segments as segments
+    from imr_llm.core.filters import Filters
+    from imr_llm.index import Index
+    from imr_llm.query.retrieve import Retriever
+
+    _index(tmp_path / "flat", records, monkeypatch, 1)
+    monkeypatch.setattr(segments, "IVF_MIN", 100)
+    _index(tmp_path / "ivf", records, monkeypatch, 1)
+    seg = Index(tmp_path / "ivf", embedder=None).segments()[0]
+    assert seg.ivf and not (seg.dir / "vectors.f16").exists() and (seg.dir / "ivf.faiss").exists()
+    flat = Index(tmp_path / "flat", embedder=None).segments()[0]
+    assert not flat.ivf and np.array_equal(np.asarray(seg.rowids), np.asarray(flat.rowids))
+    assert np.array_equal(seg.vectors(), flat.vectors())
+    r = Retriever(Index(tmp_path / "ivf", embedder=None))
+    vecs = seg.vectors().astype(np.float32)
+    pos = {int(x): i for i, x in enumerate(seg.rowids)}
+    for q in ("why was physical therapy denied", "opioids without urine drug screening", "acupuncture after fusion"):
+        qv = np.asarray(r.index.embedder([q]), dtype=np.float32)
+        got = r.dense(qv, 10)
+        assert len(got) == 10 and all(abs(sc - float(vecs[pos[rid]] @ qv[0])) < 1e-3 for sc, rid, _ in got)
+        f = Filters.of(category="acupuncture")
+        m = f.facet_mask(seg.facets())
+        exact = np.where(m, vecs @ qv[0], -np.inf)
+        want = [int(seg.rowids[i]) for i in np.argsort(-exact)[:5]]
+        assert [rid for _, rid, _ in r.dense(qv, 5, r._masks(f))] == want  # every list scored: exact
+    ans = r.search("why were physical therapy requests upheld after fusion", k=5)
+    assert ans and all(h.row["quote"] for h in ans)

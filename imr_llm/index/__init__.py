@@ -24,7 +24,7 @@ from .lock import WriterLock
 from .prepare import Prepared, embed_prepared, prepare
 from .problems import IndexProblem
 from ..procs import remove_stale
-from .segments import MERGE_AT, SEGMENT_MAX, Segment, SegmentWriter, seg_dir, seg_root
+from .segments import IVF_MIN, MERGE_AT, SEGMENT_MAX, Segment, SegmentWriter, seg_dir, seg_root
 from .store import INDEX_FORMAT, Store
 from .vectors import chroma_client
 
@@ -167,7 +167,7 @@ class Index:
     def merge_small(self) -> int | None:
         """Merge small segments once ``MERGE_AT`` of them pile up (each add writes one); the big
         ones are never rewritten. Returns the new segment's number."""
-        small = [num for num, n in self.store.segments() if n < SEGMENT_MAX // 4]
+        small = [num for num, n in self.store.segments() if n < IVF_MIN]
         if len(small) < MERGE_AT:
             return None
         w = SegmentWriter(self.dir, self.store.new_segment_number())

@@ -1,13 +1,14 @@
 """Segments: what search reads, written once and never rewritten. An ``imr index`` run adds one
-segment per ``SEGMENT_MAX`` chunks (BM25, float16 vectors, facet columns, and from ``IVF_MIN``
-chunks an inverted-list index); the store's ``segments`` table, committed with the chunk rows,
-says which are live, and each chunk row says which segment holds it (a re-indexed letter's old
-entries are skipped). Small segments are merged when they pile up; large ones stay as written.
+segment per ``SEGMENT_MAX`` chunks (BM25, facet columns, float16 vectors: scanned exactly in a
+small segment, in inverted lists from ``IVF_MIN`` chunks); the store's ``segments`` table,
+committed with the chunk rows, says which are live, and each chunk row says which segment holds it
+(a re-indexed letter's old entries are skipped). Small segments are merged when they pile up;
+large ones stay as written.
 
 Vector search, chosen by measurement (BENCHMARKS.md, `python -m imr_llm.bench.ann`): HNSW graphs
-(Chroma's, faiss's, usearch's) lost half of the question queries at 1M passages; faiss IVF with
-8-bit codes, ~6% of the lists probed and the top 100 rescored from float16 kept recall@10 at
-0.98-1.00 (tie-aware) at 3 ms. Small segments are scanned exactly.
+(Chroma's, faiss's, usearch's) lost half of the question queries at 1M passages, inverted lists
+kept them. Large segments are a faiss IVF whose codes are the float16 vectors themselves (the one
+copy: scores are exact at float16, nothing to rescore); a probe reads 1/8 of the lists.
 """
 from __future__ import annotations
 
@@ -23,10 +24,9 @@ from ..core.filters import write_facets
 from .problems import IndexProblem
 
 SEGMENT_MAX = 250_000  # chunks; bounds the build's memory (BM25 tokenises a segment at once)
-IVF_MIN = 50_000  # below this a segment is scanned exactly
-RESCORE = 100  # IVF candidates rescored from float16
-EXACT_MAX = 20_000  # a filter leaving fewer chunks than this in a segment: exact scan of those
-MERGE_AT = 8  # this many small segments (< SEGMENT_MAX / 4) are merged into one
+IVF_MIN = 62_500  # below this a segment is scanned exactly (and is "small": merged with others)
+EXACT_MAX = 20_000  # a filter leaving fewer chunks than this in a segment: every one of them is scored
+MERGE_AT = 8  # this many small segments are merged into one
 
 
 def seg_root(index_dir: Path) -> Path:
@@ -38,9 +38,10 @@ def seg_dir(index_dir: Path, num: int) -> Path:
 
 
 def ivf_shape(n: int) -> tuple[int, int]:
-    """(lists, lists probed): ~250 vectors a list, 1/16 of the lists probed (measured at 1M: 0.98)."""
+    """(lists, lists probed): ~250 vectors a list, 1/8 of the lists probed (at 70k passages, 1/16
+    gave tie-aware recall@10 0.97 with a worst question at 0.6; 1/8 gave 1.00)."""
     nlist = int(min(4096, max(64, n // 250)))
-    return nlist, max(8, nlist // 16)
+    return nlist, max(8, nlist // 8)
 
 
 class SegmentWriter:
@@ -92,8 +93,9 @@ class SegmentWriter:
         np.save(self.tmp / "rowids.npy", np.asarray(self.rowids, dtype=np.int64))
         meta = {"chunks": n, "dim": self.dim, "ivf": None}
         if self.dim and n >= IVF_MIN:
-            meta["ivf"] = build_ivf(np.memmap(self.tmp / "vectors.f16", dtype=np.float16, mode="r", shape=(n, self.dim)),
-                                    self.tmp / "ivf.faiss")
+            vf = self.tmp / "vectors.f16"
+            meta["ivf"] = build_ivf(np.memmap(vf, dtype=np.float16, mode="r", shape=(n, self.dim)), self.tmp / "ivf.faiss")
+            vf.unlink()  # the lists hold the vectors
         (self.tmp / "segment.json").write_text(json.dumps(meta))
         final = seg_dir(self.index_dir, self.num)
         shutil.rmtree(final, ignore_errors=True)
@@ -106,15 +108,14 @@ class SegmentWriter:
 
 
 def build_ivf(vecs: np.ndarray, path: Path) -> dict:
-    """faiss IVF with 8-bit scalar codes over ``vecs`` (float16, rows are positions)."""
+    """faiss IVF over ``vecs`` (float16, rows are positions), its codes the float16 vectors."""
     import faiss
 
     n, d = vecs.shape
     nlist, nprobe = ivf_shape(n)
-    quant = faiss.IndexFlatIP(d)
-    ivf = faiss.IndexIVFScalarQuantizer(quant, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))
+    ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                        faiss.METRIC_INNER_PRODUCT, False)  # not residuals: the vectors as they are
+    sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, 40 * nlist), replace=False))
     ivf.train(np.asarray(vecs[sample], dtype=np.float32))
     for s in range(0, n, 50_000):
         ivf.add(np.asarray(vecs[s:s + 50_000], dtype=np.float32))
@@ -141,10 +142,14 @@ class Segment:
             self.rowids = np.load(d / "rowids.npy", mmap_mode="r")
             self.bm = bm25s.BM25.load(str(d), mmap=True, show_progress=False)
             n, dim = self.meta["chunks"], self.meta["dim"]
-            self.vecs = np.memmap(d / "vectors.f16", dtype=np.float16, mode="r", shape=(n, dim)) if vectors and dim else None
-            if len(self.rowids) != n or self.bm.scores["num_docs"] != n or (self.vecs is not None and self.vecs.shape[0] != n):
+            self.ivf = bool(self.meta["ivf"])
+            self.dense_ok = bool(vectors and dim)
+            # a small segment's vectors (a large one's are in its lists)
+            self.vecs = np.memmap(d / "vectors.f16", dtype=np.float16, mode="r", shape=(n, dim)) \
+                if self.dense_ok and not self.ivf else None
+            if len(self.rowids) != n or self.bm.scores["num_docs"] != n:
                 raise ValueError("its files do not agree on the number of passages")
-            for need in ["facets.npz"] + (["ivf.faiss"] if vectors and dim and self.meta["ivf"] else []):
+            for need in ["facets.npz"] + (["ivf.faiss"] if self.dense_ok and self.ivf else []):
                 if not (d / need).is_file():
                     raise FileNotFoundError(need)
         except Exception as e:  # a deleted or truncated file
@@ -178,8 +183,15 @@ class Segment:
         if self._search is None:
             import faiss
 
-            if self.meta["ivf"]:
-                ix = faiss.read_index(str(self.dir / "ivf.faiss"), faiss.IO_FLAG_MMAP)
+            if self.ivf:
+                try:
+                    ix = faiss.read_index(str(self.dir / "ivf.faiss"), faiss.IO_FLAG_MMAP)
+                except Exception as e:
+                    raise IndexProblem(f"the index segment {self.dir} is damaged ({type(e).__name__}: {str(e)[:80]}); "
+                                       f"run `imr index --rebuild RECORDS`") from None
+                if ix.ntotal != len(self):
+                    raise IndexProblem(f"the index segment {self.dir} is damaged (its lists hold {ix.ntotal} of "
+                                       f"{len(self)} passages); run `imr index --rebuild RECORDS`")
                 ix.nprobe = self.meta["ivf"]["nprobe"]
             else:
                 ix = faiss.IndexScalarQuantizer(self.meta["dim"], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
@@ -188,34 +200,54 @@ class Segment:
             self._search = ix
         return self._search
 
-    def exact(self, qv: np.ndarray, pos: np.ndarray, n: int) -> Scored:
-        """Exact float16 scores of ``pos``, best ``n``."""
-        if not len(pos):
-            return Scored(np.zeros(0, dtype=np.float32), pos)
-        s = np.asarray(self.vecs[np.sort(pos)], dtype=np.float32) @ qv
-        pos = np.sort(pos)
-        top = np.argsort(-s, kind="stable")[:n]
-        return Scored(s[top], pos[top])
-
-    def dense(self, qv: np.ndarray, n: int, mask: np.ndarray | None) -> Scored:
-        """Best ``n`` by cosine; with ``mask``, among the chunks it keeps."""
+    def vectors(self) -> np.ndarray:
+        """Every vector of the segment in position order, float16 (a large segment's read from its lists)."""
+        if not self.ivf:
+            return np.asarray(self.vecs)
         import faiss
 
-        if self.vecs is None or not len(self):
+        inv = self._index().invlists
+        out = np.zeros((len(self), self.meta["dim"]), dtype=np.float16)
+        for lst in range(inv.nlist):
+            k = inv.list_size(lst)
+            if k:
+                ids = faiss.rev_swig_ptr(inv.get_ids(lst), k).astype(np.int64)
+                codes = faiss.rev_swig_ptr(inv.get_codes(lst), k * inv.code_size)
+                out[ids] = np.frombuffer(codes.tobytes(), dtype=np.float16).reshape(k, -1)
+        return out
+
+    def _top(self, qv: np.ndarray, n: int, params=None) -> Scored:
+        scores, got = self._index().search(qv[None, :].astype(np.float32), min(n, len(self)), params=params)
+        keep = got[0] >= 0
+        return Scored(scores[0][keep], got[0][keep].astype(np.int64))
+
+    def dense(self, qv: np.ndarray, n: int, mask: np.ndarray | None) -> Scored:
+        """Best ``n`` by cosine, exact at float16 among what is probed; with ``mask``, among the
+        chunks it keeps."""
+        import faiss
+
+        if not self.dense_ok or not len(self):
             return Scored(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
-        params = None
-        if mask is not None:
-            allowed = np.flatnonzero(mask)
-            if len(allowed) <= EXACT_MAX or len(allowed) <= n:
-                return self.exact(qv, allowed, n)
-            bits = np.packbits(mask.astype(bool), bitorder="little")
-            sel = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bits))
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.meta["ivf"]["nprobe"]) if self.meta["ivf"] \
-                else faiss.SearchParameters(sel=sel)
-        ix = self._index()
-        want = max(n, RESCORE) if self.meta["ivf"] else n
-        _, got = ix.search(qv[None, :].astype(np.float32), min(want, len(self)), params=params)
-        return self.exact(qv, got[0][got[0] >= 0], n)  # scored from float16: IVF codes only choose the candidates
+        if mask is None:
+            return self._top(qv, n)
+        allowed = np.flatnonzero(mask)
+        if not len(allowed):
+            return Scored(np.zeros(0, dtype=np.float32), allowed)
+        bits = np.packbits(mask.astype(bool), bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        if not self.ivf:
+            return self._top(qv, n, faiss.SearchParameters(sel=sel))
+        nlist, nprobe = self.meta["ivf"]["nlist"], self.meta["ivf"]["nprobe"]
+        if len(allowed) <= EXACT_MAX:  # a narrow filter: every list, scoring only the allowed
+            return self._top(qv, n, faiss.SearchParametersIVF(sel=sel, nprobe=nlist))
+        # The lists nearest a question can hold few of the allowed passages (the embedded context
+        # names the decision, so lists gather by it): probe four times more lists until n are
+        # found, up to all of them.
+        while True:
+            got = self._top(qv, n, faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
+            if len(got.pos) >= min(n, len(allowed)) or nprobe >= nlist:
+                return got
+            nprobe = min(nlist, nprobe * 4)
 
 
 def merged(parts: list[tuple[int, Scored]], n: int, rowids_of) -> list[tuple[float, int, int]]:

@@ -103,12 +103,12 @@ class Store:
         """Replace one letter's rows; its chunks get new rowids in segment ``seg``. Returns (their
         rowids, chunk ids that no longer exist: to delete from a Chroma server)."""
         old = self.chunk_ids_of(p.letter_id)
-        kept = self.db.execute("SELECT paths, sha256 FROM records WHERE letter_id=?", (p.letter_id,)).fetchone()
+        kept = self.db.execute("SELECT paths, sha256, source_path FROM records WHERE letter_id=?", (p.letter_id,)).fetchone()
         # copies listed with the letter stay listed while its content is the same
-        paths = [x for x in json.loads(kept[0] or "[]") if x != p.source_path] if kept and kept[1] == p.sha256 else []
+        paths = [x for x in _paths(kept[2], kept[0]) if x != p.source_path] if kept and kept[1] == p.sha256 else []
         self.db.execute("INSERT OR REPLACE INTO records (letter_id, cite_id, source_path, sha256, data, paths, rdigest) "
                         "VALUES (?,?,?,?,?,?,?)", (p.letter_id, p.cite_id, p.source_path, p.sha256, p.data,
-                                                   json.dumps([p.source_path] + paths), p.rdigest))
+                                                   _paths_value([p.source_path] + paths), p.rdigest))
         self.db.execute("DELETE FROM items WHERE letter_id=?", (p.letter_id,))
         self.db.executemany(_insert("items", ITEM_COLUMNS), p.items)
         if old:
@@ -128,9 +128,9 @@ class Store:
         with it, nothing is counted twice); the same path with new content replaces its record."""
         same = self.db.execute("SELECT letter_id, source_path, paths FROM records WHERE sha256=?", (sha256,)).fetchone()
         if same and source_path != same[1]:
-            paths = json.loads(same[2] or "[]")
+            paths = _paths(same[1], same[2])
             if source_path not in paths:
-                self.db.execute("UPDATE records SET paths=? WHERE letter_id=?", (json.dumps(paths + [source_path]), same[0]))
+                self.db.execute("UPDATE records SET paths=? WHERE letter_id=?", (_paths_value(paths + [source_path]), same[0]))
             return None
         if same:
             return same[0]  # the same file again: an idempotent re-index
@@ -204,16 +204,16 @@ class Store:
 
     def record(self, letter_id: str) -> tuple[str, list[str]] | None:
         """(record JSON, every path the letter came from), or None for an unknown id."""
-        got = self.db.execute("SELECT data, paths FROM records WHERE letter_id=?", (letter_id,)).fetchone()
-        return (self.unpack(got[0]), json.loads(got[1] or "[]")) if got else None
+        got = self.db.execute("SELECT data, source_path, paths FROM records WHERE letter_id=?", (letter_id,)).fetchone()
+        return (self.unpack(got[0]), _paths(got[1], got[2])) if got else None
 
     def records(self) -> Iterator[tuple[str, list[str]]]:
         """(record JSON, paths) of every letter, in source-path order."""
-        for data, paths in self.db.execute("SELECT data, paths FROM records ORDER BY source_path"):
-            yield self.unpack(data), json.loads(paths or "[]")
+        for data, src, paths in self.db.execute("SELECT data, source_path, paths FROM records ORDER BY source_path"):
+            yield self.unpack(data), _paths(src, paths)
 
     def letter_paths(self) -> dict[str, tuple[str, list[str]]]:
-        return {lid: (src, json.loads(ps or "[]")) for lid, src, ps in self.db.execute("SELECT letter_id, source_path, paths FROM records")}
+        return {lid: (src, _paths(src, ps)) for lid, src, ps in self.db.execute("SELECT letter_id, source_path, paths FROM records")}
 
     def chunk_ids(self, f: Filters) -> list[str]:
         where, args = f.sql()
@@ -352,6 +352,15 @@ def _migrate_to_3(store: "Store") -> str:
                 db.execute("UPDATE chunks SET quote=? WHERE id=?", (e["quote"][start - e["start"]:end - e["start"]], cid))
                 n += 1
     return f"format 3: the letter text of {n} chunks stored with them"
+
+
+def _paths(source_path: str, stored: str | None) -> list[str]:
+    """Every path a letter came from; NULL when that is its source path alone (most letters)."""
+    return json.loads(stored) if stored else [source_path]
+
+
+def _paths_value(paths: list[str]) -> str | None:
+    return json.dumps(paths) if len(paths) > 1 else None
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:
