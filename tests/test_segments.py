@@ -79,6 +79,7 @@ def test_adding_letters_writes_one_segment_and_rewrites_none(records, tmp_path, 
     _index(whole, records, monkeypatch, 1)
     a, b = _state(data), _state(whole)
     assert a["rows"] == b["rows"] and set(a["vecs"]) == set(b["vecs"])  # every chunk searchable once
+    _items_columns_are_the_tables(data)
     # counts are exact whatever the segments
     q = ["ask", "How many physical therapy requests were upheld?", "--json"]
     monkeypatch.setenv("IMR_DATA_DIR", str(data))
@@ -110,6 +111,22 @@ def test_adding_letters_writes_one_segment_and_rewrites_none(records, tmp_path, 
     hits = r.search(rec["items"][0]["request"], k=20, per_letter=20, filters=Filters.of(letter_id=rec["letter_id"]))
     mine = [h for h in hits if h.row["letter_id"] == rec["letter_id"] and h.row["item"] == 0]
     assert mine and all(h.row["decision"] == rec["items"][0]["decision"] for h in mine)
+    _items_columns_are_the_tables(data)
+
+
+def _items_columns_are_the_tables(data: Path) -> None:
+    """items.npz, brought up to date run by run, equals one written from the items table."""
+    from imr_llm.index.store import ITEM_FACETS, Store
+    from imr_llm.query.stats import load_facets
+
+    got = load_facets(data / "index")
+    st = Store(data / "index" / "store.sqlite")
+    st.write_item_facets(data / "fresh.npz")
+    with np.load(data / "fresh.npz") as z:
+        want = {k: z[k] for k in z.files}
+    assert list(got["rowid"]) == list(want["rowid"]) and str(got["__version__"]) == str(want["__version__"])
+    for c in ITEM_FACETS:
+        assert list(got[f"{c}__vocab"][got[c]]) == list(want[f"{c}__vocab"][want[c]]), c
 
 
 def test_small_segments_are_merged(records, tmp_path, monkeypatch):

@@ -308,13 +308,47 @@ def facet_value(fd: FieldDef, v: str) -> Any:
     return int(v) if fd.kind in ("bool", "int") else v
 
 
-def write_facets(rows: Iterable[tuple], path, columns: Iterable[str] = COLUMNS, extra: dict | None = None) -> None:
-    """Each column (rows in ``columns`` order) as int32 codes + its distinct values (``COL__vocab``)."""
+def facet_columns(rows: Iterable[tuple], columns: Iterable[str] = COLUMNS) -> dict[str, np.ndarray]:
+    """Each column (rows in ``columns`` order) as codes into its sorted distinct values (``COL__vocab``)."""
     rows = list(rows)
-    out = dict(extra or {})
+    out: dict[str, np.ndarray] = {}
     for k, col in enumerate(columns):
         vocab, codes = np.unique(np.array(["" if r[k] is None else str(r[k]) for r in rows], dtype=str), return_inverse=True)
-        out[col] = codes.astype(np.uint8 if len(vocab) <= 256 else np.uint16 if len(vocab) <= 65536 else np.int32)
+        out[col] = _narrow(codes, len(vocab))
         out[f"{col}__vocab"] = vocab
+    return out
+
+
+def _narrow(codes: np.ndarray, n: int) -> np.ndarray:
+    return codes.astype(np.uint8 if n <= 256 else np.uint16 if n <= 65536 else np.int32)
+
+
+def merge_facets(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``a``'s rows then ``b``'s, each column recoded into the union of both vocabularies (columns
+    without a vocabulary are concatenated)."""
+    out = {}
+    for col in a:
+        if col.endswith("__vocab") or col.startswith("__"):
+            continue
+        if f"{col}__vocab" not in a:
+            out[col] = np.concatenate([a[col], b[col]])
+            continue
+        va, vb = a[f"{col}__vocab"], b[f"{col}__vocab"]
+        vocab = np.union1d(va, vb)
+        codes = np.concatenate([np.searchsorted(vocab, va)[a[col]], np.searchsorted(vocab, vb)[b[col]]])
+        out[col], out[f"{col}__vocab"] = _narrow(codes, len(vocab)), vocab
+    return out
+
+
+def take_facets(d: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: (v if k.endswith("__vocab") or k.startswith("__") else v[idx]) for k, v in d.items()}
+
+
+def write_facets(rows: Iterable[tuple], path, columns: Iterable[str] = COLUMNS, extra: dict | None = None) -> None:
+    """``facet_columns`` (and ``extra`` arrays) saved as an .npz file."""
+    save_facets({**(extra or {}), **facet_columns(rows, columns)}, path)
+
+
+def save_facets(d: dict[str, np.ndarray], path) -> None:
     with open(path, "wb") as f:
-        np.savez(f, **out)
+        np.savez(f, **d)

@@ -123,6 +123,10 @@ def prepare_lines(batch: list[tuple[str, int, str]]) -> list[Prepared | tuple[st
     known = dict(_W["db"].execute(f"SELECT letter_id, rdigest FROM records WHERE letter_id IN ({','.join('?' * len(letters))})",
                                   [p.letter_id for p in letters]).fetchall()) if letters else {}
     embed_prepared([p for p in letters if known.get(p.letter_id) != p.rdigest], _W["embed"])
+    for p in letters:
+        if p.vectors is not None:
+            for c in p.chunks:
+                c.embed = ""  # embedded: not sent back
     return out
 
 

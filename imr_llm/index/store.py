@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..core.filters import COLUMNS, Filters, row_values, write_facets
+from ..core.filters import COLUMNS, Filters, facet_columns, merge_facets, row_values, save_facets, take_facets, write_facets
 from ..core.models import DecisionRecord
 from .chunk import flat
 from .prepare import ITEM_COLUMNS, SUMMARY_COLUMNS, Prepared, item_row, pack, summary_values, unpack
@@ -28,6 +28,7 @@ INDEX_FORMAT = "5"
 VEC_DTYPE = np.float16  # half the bytes; recall@10 against float32 exact search measured in BENCHMARKS.md
 
 ITEM_FACETS = [c for c in ITEM_COLUMNS if c not in ("request", "drug")]  # what stats and the page group and filter by
+_ITEM_FACET_POS = [list(ITEM_COLUMNS).index(c) for c in ITEM_FACETS]
 CHUNK_COLUMNS = {"id": "TEXT UNIQUE", "letter_id": "TEXT", "item": "INTEGER", "n": "INTEGER", "body": "BLOB",
                  "start": "INTEGER", "end": "INTEGER", "seg": "INTEGER", **{c: COLUMNS[c] for c in SUMMARY_COLUMNS}}
 
@@ -76,6 +77,10 @@ class Store:
             raise IndexProblem(f"{path}: index store is damaged ({e}); run `imr index --rebuild RECORDS`") from None
         self._zd: bytes | None = None  # the compression dictionary, read on first use
         self._next: int | None = None  # the next chunk rowid
+        self._next_item: int | None = None
+        # items written and removed since the items' columns were last brought up to date
+        self.items_added: list[tuple[int, tuple]] = []
+        self.items_removed: list[int] = []
 
     def get_meta(self, k: str) -> str | None:
         row = self.db.execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
@@ -109,8 +114,14 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO records (letter_id, cite_id, source_path, sha256, data, paths, rdigest) "
                         "VALUES (?,?,?,?,?,?,?)", (p.letter_id, p.cite_id, p.source_path, p.sha256, p.data,
                                                    _paths_value([p.source_path] + paths), p.rdigest))
+        self.items_removed += [r for (r,) in self.db.execute("SELECT rowid FROM items WHERE letter_id=?", (p.letter_id,))]
         self.db.execute("DELETE FROM items WHERE letter_id=?", (p.letter_id,))
-        self.db.executemany(_insert("items", ITEM_COLUMNS), p.items)
+        if self._next_item is None:
+            self._next_item = (self.db.execute("SELECT max(rowid) FROM items").fetchone()[0] or 0) + 1
+        item_rowids = list(range(self._next_item, self._next_item + len(p.items)))
+        self._next_item += len(p.items)
+        self.db.executemany(_insert("items", {"rowid": "", **ITEM_COLUMNS}), [[r, *vals] for r, vals in zip(item_rowids, p.items)])
+        self.items_added += [(r, tuple(vals[k] for k in _ITEM_FACET_POS)) for r, vals in zip(item_rowids, p.items)]
         if old:
             self.db.execute("DELETE FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?", (p.letter_id + ":", p.letter_id + ";", p.letter_id))
         first = self.next_rowid()
@@ -247,13 +258,36 @@ class Store:
         chunks = _columns(self.db, "chunks")
         return "5" if "body" in chunks else "4" if "data" in rec else "3" if "quote" in chunks else "2" if "paths" in rec else "1"
 
+    def items_version(self) -> str:
+        """Changes with every commit that writes items: ``items.npz`` says which version it shows."""
+        return self.get_meta("items_version") or "0"
+
+    def bump_items_version(self) -> None:
+        self.set_meta("items_version", str(int(self.items_version()) + 1))
+
     def write_item_facets(self, path: Path) -> None:
         """The items table as columns of codes (``items.npz``): filters, counts and rates over a
         million items in milliseconds (``stats``, the page), where a SQL scan takes seconds."""
         cols = list(ITEM_FACETS)
         rows = self.db.execute(f"SELECT {', '.join(f'[{c}]' for c in cols)}, rowid FROM items ORDER BY {self.ITEM_ORDER}").fetchall()
         order = np.array([r[-1] for r in rows], dtype=np.int64)  # rowids, newest decision first (the page's order)
-        write_facets((r[:-1] for r in rows), path, cols, {"rowid": order})
+        write_facets((r[:-1] for r in rows), path, cols, {"rowid": order, "__version__": np.array(self.items_version())})
+        self.items_added, self.items_removed = [], []
+
+    def update_item_facets(self, old: dict | None, path: Path) -> None:
+        """``old`` (the items' columns; None: no items before) with the items written since and
+        without those removed, in the page's order: what ``write_item_facets`` writes, without
+        reading the table."""
+        new = facet_columns([v for _, v in self.items_added], ITEM_FACETS)
+        new["rowid"] = np.array([r for r, _ in self.items_added], dtype=np.int64)
+        d = merge_facets(old, new) if old is not None else new
+        d["__version__"] = np.array(self.items_version())
+        if self.items_removed:
+            d = take_facets(d, np.flatnonzero(~np.isin(d["rowid"], np.array(self.items_removed, dtype=np.int64))))
+        item = d["item__vocab"].astype(np.int64)[d["item"]]
+        order = np.lexsort((item, d["letter_id"], -d["decision_date"].astype(np.int64)))  # ITEM_ORDER
+        save_facets(take_facets(d, order), path)
+        self.items_added, self.items_removed = [], []
 
     # -- records are stored compressed: zlib with a preset dictionary of generated records (their keys,
     # guideline names and boilerplate repeat in every record; no user letter is in it). Measured on the
@@ -273,6 +307,8 @@ class Store:
     def rollback(self) -> None:
         self.db.rollback()
         self._zd = None  # its meta row may have been rolled back with the rest
+        self._next = self._next_item = None
+        self.items_added, self.items_removed = [], []
 
     def pack(self, text: str) -> bytes:
         return pack(text, self._zdict())
