@@ -37,6 +37,18 @@ def index_dir(data_dir: Path) -> Path:
     return data_dir / "index"
 
 
+def load_items(folder: Path) -> dict | None:
+    """``items.npz`` of an index folder (the items table as columns), or None when there is none."""
+    p = Path(folder) / ITEMS_FILE
+    if not p.exists():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:
+        raise IndexProblem(f"{p} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+
+
 class Index:
     """Open (or create) the index under ``data_dir``; ``embedder`` is an ``embed.make`` spec."""
 
@@ -163,10 +175,8 @@ class Index:
         store's items version when this writer started; when the file shows it (or the store had
         no items), it is brought up to date with the items this writer wrote and removed (seconds
         at a million items, where reading the table takes minutes), else written from the table."""
-        from ..query.stats import load_facets
-
         tmp = self.dir / f"{ITEMS_FILE}.tmp-{os.getpid()}"
-        old = load_facets(self.dir) if since is not None else None
+        old = load_items(self.dir) if since is not None else None
         if since == "empty":
             self.store.update_item_facets(None, tmp)
         elif old is not None and str(old.get("__version__", "")) == since:

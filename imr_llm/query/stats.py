@@ -220,18 +220,9 @@ def _compute_columns(fz: dict, by: list[str], f: Filters) -> dict:
 
 def load_facets(index_dir) -> dict | None:
     """``items.npz`` of an index folder, or None (then ``compute`` counts in SQL)."""
-    from pathlib import Path
+    from ..index import load_items
 
-    from ..index import IndexProblem
-
-    p = Path(index_dir) / "items.npz"
-    if not p.exists():
-        return None
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise IndexProblem(f"{p} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+    return load_items(index_dir)
 
 
 def facet_counts(fz: dict, f: Filters, columns: dict[str, tuple[str, str | None]]) -> tuple[int, int, dict[str, dict[str, int]]]:
