@@ -465,30 +465,43 @@ def bench_retrieval(data_dir: Path, queries: int = 200) -> dict:
             "narrow_filter_p50_ms": pct(narrow, 50), "narrow_filter_p95_ms": pct(narrow, 95)}
 
 
+_MEMORY = ("import atexit, sys\n"
+           "def _report():\n"
+           "    st = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)\n"
+           "    print('MEMORY', *(int(st[k].split()[0]) // 1024 for k in ('VmHWM', 'RssAnon', 'RssFile')), file=sys.stderr)\n"
+           "atexit.register(_report)\n")
+# VmHWM of the process itself: getrusage's and wait4's ru_maxrss keep the peak of the parent before
+# exec (the bench process holds gigabytes after a build), so they overstate a child's memory.
+
+
+def _memory(stderr: str) -> dict:
+    line = [ln for ln in stderr.splitlines() if ln.startswith("MEMORY ")][-1].split()
+    return {"peak_rss_mb": int(line[1]), "anon_mb_at_exit": int(line[2]), "file_backed_mb_at_exit": int(line[3])}
+
+
 def bench_cold_ask(data_dir: Path, runs: int = 5) -> dict:
-    """`imr ask` as a user runs it, a new process each time: wall time and its peak resident memory."""
+    """`imr ask` as a user runs it, a new process each time: wall time and its peak resident memory
+    (anonymous, and file-backed: pages of the memory-mapped index files it touched)."""
     env = {**os.environ, "IMR_DATA_DIR": str(data_dir)}
-    imr = shutil.which("imr", path=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    times, peaks = [], []
+    code = _MEMORY + "from imr_llm.cli import app\nsys.argv[0] = 'imr'\napp()\n"
+    times, mem = [], []
     for _ in range(runs):
         t = time.monotonic()
-        p = subprocess.Popen([imr, "ask", "why were physical therapy requests upheld after spinal fusion surgery?", "--json"],
-                             env=env, stdout=subprocess.DEVNULL)
-        _, status, ru = os.wait4(p.pid, 0)
+        p = subprocess.run([sys.executable, "-c", code, "ask", "why were physical therapy requests upheld after spinal fusion surgery?",
+                            "--json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
         times.append(time.monotonic() - t)
-        assert os.waitstatus_to_exitcode(status) == 0, "imr ask failed"
-        peaks.append(ru.ru_maxrss / 1024)
+        mem.append(_memory(p.stderr))
     return {"runs": runs, "median_s": round(statistics.median(times), 2), "max_s": round(max(times), 2),
-            "max_rss_mb": round(max(peaks), 1)}
+            "max_rss_mb": max(m["peak_rss_mb"] for m in mem), "memory_last_run": mem[-1]}
 
 
 def bench_retrieval_process(data_dir: Path, queries: int = 200) -> dict:
     """``bench_retrieval`` in a fresh process, with that process's peak resident memory."""
-    code = ("import json, resource, sys; from pathlib import Path; from imr_llm.bench.__main__ import bench_retrieval; "
-            "r = bench_retrieval(Path(sys.argv[1]), int(sys.argv[2])); "
-            "r['max_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1); print(json.dumps(r))")
-    out = subprocess.run([sys.executable, "-c", code, str(data_dir), str(queries)], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    code = _MEMORY + ("import json; from pathlib import Path; from imr_llm.bench.__main__ import bench_retrieval\n"
+                      "print(json.dumps(bench_retrieval(Path(sys.argv[1]), int(sys.argv[2]))))\n")
+    p = subprocess.run([sys.executable, "-c", code, str(data_dir), str(queries)], capture_output=True, text=True, check=True)
+    m = _memory(p.stderr)
+    return {**json.loads(p.stdout.strip().splitlines()[-1]), "max_rss_mb": m["peak_rss_mb"], "memory": m}
 
 
 def _lines(path: Path) -> int:

@@ -81,6 +81,7 @@ class Store:
         # items written and removed since the items' columns were last brought up to date
         self.items_added: list[tuple[int, tuple]] = []
         self.items_removed: list[int] = []
+        self.items_cols: dict | None = None  # items_added folded into columns
 
     def get_meta(self, k: str) -> str | None:
         row = self.db.execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
@@ -122,6 +123,8 @@ class Store:
         self._next_item += len(p.items)
         self.db.executemany(_insert("items", {"rowid": "", **ITEM_COLUMNS}), [[r, *vals] for r, vals in zip(item_rowids, p.items)])
         self.items_added += [(r, tuple(vals[k] for k in _ITEM_FACET_POS)) for r, vals in zip(item_rowids, p.items)]
+        if len(self.items_added) >= 50_000:  # kept as columns of codes, not rows: memory stays flat over a run
+            self._fold_items()
         if old:
             self.db.execute("DELETE FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?", (p.letter_id + ":", p.letter_id + ";", p.letter_id))
         first = self.next_rowid()
@@ -272,14 +275,24 @@ class Store:
         rows = self.db.execute(f"SELECT {', '.join(f'[{c}]' for c in cols)}, rowid FROM items ORDER BY {self.ITEM_ORDER}").fetchall()
         order = np.array([r[-1] for r in rows], dtype=np.int64)  # rowids, newest decision first (the page's order)
         write_facets((r[:-1] for r in rows), path, cols, {"rowid": order, "__version__": np.array(self.items_version())})
-        self.items_added, self.items_removed = [], []
+        self.items_added, self.items_removed, self.items_cols = [], [], None
+
+    def _fold_items(self) -> None:
+        if self.items_added:
+            new = facet_columns([v for _, v in self.items_added], ITEM_FACETS)
+            new["rowid"] = np.array([r for r, _ in self.items_added], dtype=np.int64)
+            self.items_cols = merge_facets(self.items_cols, new) if self.items_cols is not None else new
+            self.items_added = []
 
     def update_item_facets(self, old: dict | None, path: Path) -> None:
         """``old`` (the items' columns; None: no items before) with the items written since and
         without those removed, in the page's order: what ``write_item_facets`` writes, without
         reading the table."""
-        new = facet_columns([v for _, v in self.items_added], ITEM_FACETS)
-        new["rowid"] = np.array([r for r, _ in self.items_added], dtype=np.int64)
+        self._fold_items()
+        new = self.items_cols
+        if new is None:
+            new = facet_columns([], ITEM_FACETS)
+            new["rowid"] = np.zeros(0, dtype=np.int64)
         d = merge_facets(old, new) if old is not None else new
         d["__version__"] = np.array(self.items_version())
         if self.items_removed:
@@ -287,7 +300,7 @@ class Store:
         item = d["item__vocab"].astype(np.int64)[d["item"]]
         order = np.lexsort((item, d["letter_id"], -d["decision_date"].astype(np.int64)))  # ITEM_ORDER
         save_facets(take_facets(d, order), path)
-        self.items_added, self.items_removed = [], []
+        self.items_added, self.items_removed, self.items_cols = [], [], None
 
     # -- records are stored compressed: zlib with a preset dictionary of generated records (their keys,
     # guideline names and boilerplate repeat in every record; no user letter is in it). Measured on the
@@ -308,7 +321,7 @@ class Store:
         self.db.rollback()
         self._zd = None  # its meta row may have been rolled back with the rest
         self._next = self._next_item = None
-        self.items_added, self.items_removed = [], []
+        self.items_added, self.items_removed, self.items_cols = [], [], None
 
     def pack(self, text: str) -> bytes:
         return pack(text, self._zdict())

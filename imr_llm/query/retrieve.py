@@ -50,29 +50,31 @@ class Retriever:
     def _masks(self, filters: Filters | None) -> dict[int, np.ndarray | None]:
         return {s.num: (filters.facet_mask(s.facets()) if filters is not None and filters.active() else None) for s in self.segments()}
 
-    def lexical(self, query: str, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
+    def _tokens(self, query: str):
         import bm25s
 
-        segs = self.segments()
+        self.segments()
         toks = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, show_progress=False)
-        if not toks.vocab or all(len(x) == 0 for x in toks.ids):
-            return []
+        return toks if toks.vocab and any(len(x) for x in toks.ids) else None
+
+    def _each(self, fn, masks: dict | None) -> list:
+        """``fn(segment, mask)`` for every segment a mask leaves something in, on two threads (faiss
+        and NumPy release the GIL: at 16 segments of 3.5M passages p95 141 -> 100 ms)."""
         masks = masks or {}
-        parts = []
-        for s in segs:
-            m = masks.get(s.num)
-            if m is None or m.any():
-                parts.append((s.num, s.lexical(toks, n, None if m is None else m.astype(np.float32))))
-        return merged(parts, n, self._rowids)
+        segs = [(s, masks.get(s.num)) for s in self.segments()]
+        segs = [(s, m) for s, m in segs if m is None or m.any()]
+        if len(segs) < 2:
+            return [(s.num, fn(s, m)) for s, m in segs]
+        return list(zip([s.num for s, _ in segs], _pool().map(lambda sm: fn(*sm), segs)))
+
+    def lexical(self, query: str, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
+        toks = self._tokens(query)
+        if toks is None:
+            return []
+        return merged(self._each(lambda s, m: s.lexical(toks, n, None if m is None else m.astype(np.float32)), masks), n, self._rowids)
 
     def dense(self, qv: np.ndarray, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
-        masks = masks or {}
-        parts = []
-        for s in self.segments():
-            m = masks.get(s.num)
-            if m is None or m.any():
-                parts.append((s.num, s.dense(qv[0], n, m)))
-        return merged(parts, n, self._rowids)
+        return merged(self._each(lambda s, m: s.dense(qv[0], n, m), masks), n, self._rowids)
 
     def _chroma(self, qv: np.ndarray, n: int) -> list[str]:
         try:
@@ -163,3 +165,16 @@ def fuse(rankings: dict[str, list[str]], rows: dict[str, dict], k: int, per_lett
         if len(out) >= k:
             break
     return out
+
+
+_POOL = None
+
+
+def _pool():
+    """Two threads for the segments' searches (this machine's two cores; more only contend)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="imr-search")
+    return _POOL
