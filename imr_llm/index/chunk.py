@@ -6,12 +6,10 @@ decision, surgery history, regions) -- measured here, it helps dense embedders r
 """
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..providers import tokens
-from ..core.filters import row_values
 from ..core.models import DecisionRecord
 
 BUDGET = 220  # tokens per chunk body
@@ -29,16 +27,11 @@ class Chunk:
     start: int  # offsets into the letter text
     end: int
     context: str
-    meta: dict = field(default_factory=dict)
     quote: str = ""  # the letter's exact text[start:end] (what answers quote)
 
     @property
     def embed_text(self) -> str:
         return f"{self.context}\n{self.text}"
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.embed_text.encode()).hexdigest()[:16]
 
 
 def flat(quote: str) -> str:
@@ -107,10 +100,8 @@ def chunks_for(rec: DecisionRecord, budget: int = BUDGET) -> list[Chunk]:
         if ev is None:
             continue
         ctx = context_for(rec, item_index)
-        meta = {**row_values(rec, item_index), "item": item_index}  # Chroma keeps a few of these
         for n, (s, e) in enumerate(split(ev.quote, ev.start, budget)):
             text = flat(ev.quote[s - ev.start:e - ev.start])
             cid = f"{rec.letter_id}:{'s' if item_index < 0 else item_index}:{n}"
-            out.append(Chunk(cid, rec.letter_id, item_index, n, text, s, e, ctx, {**meta, "start": s, "end": e},
-                             ev.quote[s - ev.start:e - ev.start]))
+            out.append(Chunk(cid, rec.letter_id, item_index, n, text, s, e, ctx, ev.quote[s - ev.start:e - ev.start]))
     return out
