@@ -24,7 +24,7 @@ from .lock import WriterLock
 from .prepare import Prepared, embed_prepared, prepare
 from .problems import IndexProblem
 from ..procs import remove_stale
-from .segments import IVF_MIN, MERGE_AT, SEGMENT_MAX, Segment, SegmentWriter, seg_dir, seg_root
+from .segments import IVF_MIN, MERGE_AT, SEGMENT_MAX, Segment, SegmentWriter, load_npz, seg_dir, seg_root
 from .store import INDEX_FORMAT, Store
 from .vectors import chroma_client
 
@@ -40,13 +40,7 @@ def index_dir(data_dir: Path) -> Path:
 def load_items(folder: Path) -> dict | None:
     """``items.npz`` of an index folder (the items table as columns), or None when there is none."""
     p = Path(folder) / ITEMS_FILE
-    if not p.exists():
-        return None
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise IndexProblem(f"{p} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+    return load_npz(p) if p.exists() else None
 
 
 class Index:
@@ -59,9 +53,7 @@ class Index:
         if create:  # one writer at a time; a second one gets a clear line instead of a corrupted index
             self.lock = WriterLock(data_dir)
         elif not (self.dir / "store.sqlite").is_file():
-            holder = WriterLock.holder(data_dir)
-            if holder:
-                raise IndexProblem(f"the index in {self.dir} is being built (imr pid {holder}); ask again when it finishes")
+            self._refuse_while_built(data_dir)
             raise IndexProblem(f"no index in {self.dir}: run `imr index RECORDS.jsonl` or `imr ingest LETTERS` first")
         self.store = Store(self.dir / "store.sqlite")
         self.spec = embedder or self.store.get_meta("embedder_spec") or emb.spec_from_env()
@@ -82,28 +74,27 @@ class Index:
                               f"this version reads {INDEX_FORMAT}): `imr index --upgrade` upgrades it in place "
                               f"(or `imr index --rebuild RECORDS`)")
         self.local_only = local_only
+        self.remote_vectors = bool(env().chroma_url)  # vectors in a shared Chroma server, not in the segments
         self._embedder = None
         self._collection = None
         self.identity = want
         if create and self.store.has_table("upgrade_vectors"):
             self.upgraded.append(self._segments_from_upgrade())
         if not create and not self.store.get_meta("built"):
-            holder = WriterLock.holder(data_dir)
-            if holder:
-                raise IndexProblem(f"the index in {self.dir} is being built (imr pid {holder}); ask again when it finishes")
+            self._refuse_while_built(data_dir)
             raise IndexProblem(f"no complete index in {self.dir} (an earlier `imr index` did not finish): "
                               f"run `imr index RECORDS` again, or `imr index --rebuild RECORDS`")
+
+    def _refuse_while_built(self, data_dir: Path) -> None:
+        holder = WriterLock.holder(data_dir)
+        if holder:
+            raise IndexProblem(f"the index in {self.dir} is being built (imr pid {holder}); ask again when it finishes")
 
     @property
     def embedder(self):
         if self._embedder is None:
             self._embedder = emb.make(self.spec, self.local_only)
         return self._embedder
-
-    @property
-    def remote_vectors(self) -> bool:
-        """Vectors in a shared Chroma server (``IMR_CHROMA_URL``), not in the segments."""
-        return bool(env().chroma_url)
 
     @property
     def collection(self):
@@ -185,22 +176,15 @@ class Index:
             self.store.write_item_facets(tmp)
         os.replace(tmp, self.dir / ITEMS_FILE)
 
-    def merge_small(self) -> int | None:
-        """Merge small segments once ``MERGE_AT`` of them pile up (each add writes one); the big
-        ones are never rewritten. Returns the new segment's number."""
-        small = [num for num, n in self.store.segments() if n < IVF_MIN]
-        if len(small) < MERGE_AT:
-            return None
+    def _write_segment(self, parts) -> int:
+        """One new segment from ``parts`` ((rowids, float16 vectors or None) of chunks in the store),
+        its rows pointed at it; committed by the caller."""
         w = SegmentWriter(self.dir, self.store.new_segment_number())
+        moved: list[int] = []
         try:
-            moved = []
-            for num in small:
-                seg = Segment(self.dir, num, vectors=not self.remote_vectors)
-                live = self.store.live_rowids(num)
-                pos = np.array([i for i, r in enumerate(seg.rowids.tolist()) if r in live], dtype=np.int64)
-                rids = [int(r) for r in seg.rowids[pos]] if len(pos) else []
+            for rids, vecs in parts:
                 texts, facets = self.store.segment_inputs(rids)
-                w.add(rids, texts, facets, np.asarray(seg.vecs[pos]) if seg.vecs is not None and len(pos) else None)
+                w.add(rids, texts, facets, vecs)
                 moved += rids
             w.finish()
         except BaseException:
@@ -208,11 +192,29 @@ class Index:
             raise
         self.store.add_segment(w.num, len(w))
         self.store.move_rows(moved, w.num)
+        return w.num
+
+    def merge_small(self) -> int | None:
+        """Merge small segments once ``MERGE_AT`` of them pile up (each add writes one); the big
+        ones are never rewritten. Returns the new segment's number."""
+        small = [num for num, n in self.store.segments() if n < IVF_MIN]
+        if len(small) < MERGE_AT:
+            return None
+
+        def live_parts():
+            for num in small:
+                seg = Segment(self.dir, num, vectors=not self.remote_vectors)
+                live = self.store.live_rowids(num)
+                pos = np.array([i for i, r in enumerate(seg.rowids.tolist()) if r in live], dtype=np.int64)
+                if len(pos):
+                    yield [int(r) for r in seg.rowids[pos]], np.asarray(seg.vecs[pos]) if seg.vecs is not None else None
+
+        num = self._write_segment(live_parts())
         self.store.drop_segments(small)
         self.store.commit()
-        for num in small:
-            shutil.rmtree(seg_dir(self.dir, num), ignore_errors=True)
-        return w.num
+        for old in small:
+            shutil.rmtree(seg_dir(self.dir, old), ignore_errors=True)
+        return num
 
     def _segments_from_upgrade(self) -> str:
         """After the format-5 migration: the chunks' vectors (kept in ``upgrade_vectors``) into
@@ -221,18 +223,13 @@ class Index:
         n_segs = 0
         for s in range(0, len(rowids), SEGMENT_MAX):
             part = rowids[s:s + SEGMENT_MAX]
-            texts, facets = self.store.segment_inputs(part)
             vecs = None
             if not self.remote_vectors:
                 got = dict(self.store.db.execute("SELECT rowid, vec FROM upgrade_vectors WHERE rowid BETWEEN ? AND ?", (part[0], part[-1])))
                 if any(got.get(r) is None for r in part):
                     raise IndexProblem(f"the index in {self.dir} lacks vectors for some passages; run `imr index --rebuild RECORDS`")
                 vecs = np.vstack([np.frombuffer(got[r], dtype=np.float16) for r in part])
-            w = SegmentWriter(self.dir, self.store.new_segment_number())
-            w.add(part, texts, facets, vecs)
-            w.finish()
-            self.store.add_segment(w.num, len(w))
-            self.store.move_rows(part, w.num)
+            self._write_segment([(part, vecs)])
             n_segs += 1
         self.store.db.execute("DROP TABLE upgrade_vectors")
         self.store.set_meta("built", "1")

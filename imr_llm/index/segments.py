@@ -109,6 +109,15 @@ class SegmentWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """An .npz of the index (facet or item columns) as arrays; damage is one line with the remedy."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:
+        raise IndexProblem(f"{path} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+
+
 def build_ivf(vecs: np.ndarray, path: Path) -> dict:
     """faiss IVF over ``vecs`` (float16, rows are positions), its codes the float16 vectors."""
     import faiss
@@ -168,11 +177,7 @@ class Segment:
 
     def facets(self) -> dict:
         if self._facets is None:
-            try:
-                with np.load(self.dir / "facets.npz", allow_pickle=False) as z:
-                    self._facets = {k: z[k] for k in z.files}
-            except Exception as e:
-                raise IndexProblem(f"{self.dir / 'facets.npz'} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+            self._facets = load_npz(self.dir / "facets.npz")
         return self._facets
 
     def lexical(self, toks, n: int, mask: np.ndarray | None) -> Scored:
@@ -267,13 +272,13 @@ class Segment:
             nprobe = min(nlist, nprobe * 4)
 
 
-def merged(parts: list[tuple[int, Scored]], n: int, rowids_of) -> list[tuple[float, int, int]]:
-    """(score, rowid, segment) of the best ``n`` over every segment's results."""
+def merged(parts: list[tuple["Segment", Scored]], n: int) -> list[tuple[float, int, int]]:
+    """(score, rowid, segment number) of the best ``n`` over every segment's results."""
     out = []
-    for num, sc in parts:
+    for seg, sc in parts:
         if len(sc.pos):
-            rids = rowids_of(num)[sc.pos]
-            out += zip(sc.scores.tolist(), rids.tolist(), [num] * len(rids))
+            rids = seg.rowids[sc.pos]
+            out += zip(sc.scores.tolist(), rids.tolist(), [seg.num] * len(rids))
     out.sort(key=lambda t: (-t[0], t[1]))
     return out[:n]
 

@@ -44,9 +44,6 @@ class Retriever:
             self._segs = self.index.segments()
         return self._segs
 
-    def _rowids(self, num: int) -> np.ndarray:
-        return next(s.rowids for s in self._segs if s.num == num)
-
     def _masks(self, filters: Filters | None) -> dict[int, np.ndarray | None]:
         return {s.num: (filters.facet_mask(s.facets()) if filters is not None and filters.active() else None) for s in self.segments()}
 
@@ -64,17 +61,17 @@ class Retriever:
         segs = [(s, masks.get(s.num)) for s in self.segments()]
         segs = [(s, m) for s, m in segs if m is None or m.any()]
         if len(segs) < 2:
-            return [(s.num, fn(s, m)) for s, m in segs]
-        return list(zip([s.num for s, _ in segs], _pool().map(lambda sm: fn(*sm), segs)))
+            return [(s, fn(s, m)) for s, m in segs]
+        return list(zip([s for s, _ in segs], _pool().map(lambda sm: fn(*sm), segs)))
 
     def lexical(self, query: str, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
         toks = self._tokens(query)
         if toks is None:
             return []
-        return merged(self._each(lambda s, m: s.lexical(toks, n, None if m is None else m.astype(np.float32)), masks), n, self._rowids)
+        return merged(self._each(lambda s, m: s.lexical(toks, n, None if m is None else m.astype(np.float32)), masks), n)
 
     def dense(self, qv: np.ndarray, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
-        return merged(self._each(lambda s, m: s.dense(qv[0], n, m), masks), n, self._rowids)
+        return merged(self._each(lambda s, m: s.dense(qv[0], n, m), masks), n)
 
     def _chroma(self, qv: np.ndarray, n: int) -> list[str]:
         try:
