@@ -181,3 +181,71 @@ def test_a_large_segment_searches_its_lists(records, tmp_path, monkeypatch):
         assert [rid for _, rid, _ in r.dense(qv, 5, r._masks(f))] == want  # every list scored: exact
     ans = r.search("why were physical therapy requests upheld after fusion", k=5)
     assert ans and all(h.row["quote"] for h in ans)
+
+
+@pytest.mark.parametrize("check_from", [1, 64, 16_384])
+@pytest.mark.parametrize("vocab", [400, 40])
+def test_pruned_bm25_equals_scoring_every_passage(check_from, vocab, monkeypatch):
+    """Max-score pruning returns the same top n as bm25s adding up every posting, for queries with
+    rare, common and repeated words, with and without filters."""
+    import bm25s
+
+    from imr_llm.index import bm25
+
+    monkeypatch.setattr(bm25, "CHECK_FROM", check_from)
+    rng = np.random.default_rng(7)
+    words = [f"w{i}" for i in range(vocab)]
+    # Zipf (a few words in nearly every passage), or a small flat vocabulary (passages with many
+    # common words outscore those with one rare word: what pruning must not lose)
+    p = 1.0 / np.arange(1, vocab + 1) ** (1.1 if vocab > 100 else 0.3)
+    docs = [" ".join(rng.choice(words, size=rng.integers(5, 40), p=p / p.sum())) for _ in range(3000)]
+    bm = bm25s.BM25()
+    bm.index(bm25s.tokenize(docs, stopwords=None, show_progress=False), show_progress=False)
+    sc = bm.scores
+    ub = bm25.term_max(sc["data"], sc["indptr"])
+    masks = [None, rng.random(3000) < 0.85, rng.random(3000) < 0.01, np.zeros(3000, dtype=bool)]
+    checked = 0
+    for qi in range(60):
+        q = list(rng.choice(words[:40], size=rng.integers(1, 4))) + list(rng.choice(words, size=rng.integers(0, 7)))
+        if qi % 7 == 0:
+            q += q[:1]  # a repeated word counts twice
+        ids, counts = np.unique([bm.vocab_dict[w] for w in q if w in bm.vocab_dict], return_counts=True)
+        for mask in masks:
+            full = bm.get_scores(q, weight_mask=None if mask is None else mask.astype(np.float32))
+            want = np.flatnonzero(full > 0)
+            want = want[np.lexsort((want, -full[want]))][:20]
+            got_s, got_p = bm25.top_n(sc["data"], sc["indices"], sc["indptr"], 3000, ids, counts.astype(np.float32),
+                                      ub[ids], 20, mask)
+            np.testing.assert_allclose(got_s, full[want], rtol=1e-5)
+            gap = np.abs(np.diff(full[want])) > 1e-5
+            distinct = np.r_[True, gap] & np.r_[gap, True] if len(want) else np.zeros(0, dtype=bool)
+            assert set(got_p[distinct]) == set(want[distinct])  # the same passages where no tie makes the order arbitrary
+            if mask is not None:
+                assert mask[got_p].all()
+            checked += len(want)
+    assert checked > 1000
+
+
+def test_a_segment_without_term_maxima_searches_the_same_and_gets_them(records, tmp_path, monkeypatch):
+    """A segment written before termmax.npy existed (0.4.0): the same lexical results, read from
+    its lists; the next `imr index` writes the file, equal to the one a new segment gets."""
+    from imr_llm.index import Index
+    from imr_llm.query.retrieve import Retriever
+
+    data = tmp_path / "d"
+    _index(data, records, monkeypatch, 1)
+    tm = data / "index" / "segments" / "000001" / "termmax.npy"
+    want_bytes = tm.read_bytes()
+    qs = ["physical therapy after fusion", "opioids urine drug screen", "acupuncture", "MRI lumbar spine radiculopathy"]
+
+    def lexical():
+        r = Retriever(Index(data, embedder=None))
+        return [r.lexical(q, 50) for q in qs]
+
+    want = lexical()
+    assert all(want)
+    tm.unlink()
+    assert lexical() == want
+    out = _index(data, records, monkeypatch, 1)
+    assert "0 new search segment" in out and tm.read_bytes() == want_bytes
+    assert lexical() == want

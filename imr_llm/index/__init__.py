@@ -24,7 +24,7 @@ from .lock import WriterLock
 from .prepare import Prepared, embed_prepared, prepare
 from .problems import IndexProblem
 from ..procs import remove_stale
-from .segments import IVF_MIN, MERGE_AT, SEGMENT_MAX, Segment, SegmentWriter, load_npz, seg_dir, seg_root
+from .segments import IVF_MIN, MERGE_AT, SEGMENT_MAX, Segment, SegmentWriter, add_term_max, load_npz, seg_dir, seg_root
 from .store import INDEX_FORMAT, Store
 from .vectors import chroma_client
 
@@ -280,6 +280,7 @@ class _Writer:
         changed = self.stats["written"] > 0
         if changed:
             ix.merge_small()
+        add_term_max(ix.dir, [num for num, _ in st.segments()])
         if changed or not st.get_meta("built") or not (ix.dir / ITEMS_FILE).exists():
             ix.write_items(since=items_before if changed else None)
         st.set_meta("built", "1")

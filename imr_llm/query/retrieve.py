@@ -47,12 +47,14 @@ class Retriever:
     def _masks(self, filters: Filters | None) -> dict[int, np.ndarray | None]:
         return {s.num: (filters.facet_mask(s.facets()) if filters is not None and filters.active() else None) for s in self.segments()}
 
-    def _tokens(self, query: str):
+    def _tokens(self, query: str) -> list[str]:
+        """The query's BM25 terms, tokenised as the passages were."""
         import bm25s
 
         self.segments()
         toks = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, show_progress=False)
-        return toks if toks.vocab and any(len(x) for x in toks.ids) else None
+        word = {i: w for w, i in toks.vocab.items()}
+        return [word[i] for i in toks.ids[0]] if toks.ids else []
 
     def _each(self, fn, masks: dict | None) -> list:
         """``fn(segment, mask)`` for every segment a mask leaves something in, on two threads (faiss
@@ -66,9 +68,9 @@ class Retriever:
 
     def lexical(self, query: str, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
         toks = self._tokens(query)
-        if toks is None:
+        if not toks:
             return []
-        return merged(self._each(lambda s, m: s.lexical(toks, n, None if m is None else m.astype(np.float32)), masks), n)
+        return merged(self._each(lambda s, m: s.lexical(toks, n, m), masks), n)
 
     def dense(self, qv: np.ndarray, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
         return merged(self._each(lambda s, m: s.dense(qv[0], n, m), masks), n)
