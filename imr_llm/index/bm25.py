@@ -48,13 +48,12 @@ def top_n(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, num_docs: i
         if cand is None and probe and e - s >= CHECK_FROM:
             theta = _nth_best(scores, probe, mask, n)
             if 0 < theta and rest_ub[j] < theta:  # nobody else can reach the n-th best any more
-                cand = np.flatnonzero(scores >= theta - rest_ub[j]).astype(indices.dtype)
-                cand = cand if mask is None else cand[mask[cand]]
+                cand = _allowed(np.flatnonzero(scores >= theta - rest_ub[j]).astype(indices.dtype), mask)
         if cand is None or len(cand) * LOOKUP >= e - s:  # add the whole list up (scores outside cand are unused)
             w = data[s:e] if weights[j] == 1 else data[s:e] * weights[j]
             np.add.at(scores, indices[s:e], w)
-            if cand is None and sum(len(p) for p in probe) + e - s <= PROBE_MAX:
-                probe.append(np.asarray(indices[s:e]))
+            if cand is None and (not probe or _allowed(probe[0], mask).size < n) and sum(len(p) for p in probe) + e - s <= PROBE_MAX:
+                probe.append(np.asarray(indices[s:e]))  # the shortest list, more only while it has fewer than n
         elif len(cand):  # only the candidates, by binary search in the sorted list
             col = indices[s:e]
             at = np.searchsorted(col, cand)
@@ -67,8 +66,7 @@ def top_n(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, num_docs: i
         if allowed is not None and not theta:
             cand = allowed
         else:  # every passage of the top n scores at least theta
-            cand = np.flatnonzero(scores >= theta) if theta else np.flatnonzero(scores)
-            cand = cand if mask is None else cand[mask[cand]]
+            cand = _allowed(np.flatnonzero(scores >= theta) if theta else np.flatnonzero(scores), mask)
     pos = cand[scores[cand] > 0]
     if len(pos) > n:  # everything tied with the n-th best, so ties go by position
         sc = scores[pos]
@@ -91,3 +89,7 @@ def _nth_best(scores: np.ndarray, probe: list[np.ndarray], mask: np.ndarray | No
         return 0.0
     sc = scores[pos]
     return float(np.partition(sc, len(sc) - n)[len(sc) - n])
+
+
+def _allowed(pos: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    return pos if mask is None else pos[mask[pos]]
