@@ -127,6 +127,10 @@ def _items_columns_are_the_tables(data: Path) -> None:
     assert list(got["rowid"]) == list(want["rowid"]) and str(got["__version__"]) == str(want["__version__"])
     for c in ITEM_FACETS:
         assert list(got[f"{c}__vocab"][got[c]]) == list(want[f"{c}__vocab"][want[c]]), c
+    from imr_llm.index import Index
+
+    # the newest decision ("this year" in a question) read from the columns is the table's
+    assert Index(data, embedder=None).latest_decision() == st.latest_decision() is not None
 
 
 def test_small_segments_are_merged(records, tmp_path, monkeypatch):

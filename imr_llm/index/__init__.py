@@ -117,6 +117,20 @@ class Index:
                                   f"rebuild with `imr index --rebuild RECORDS`")
         return self._collection
 
+    def latest_decision(self) -> str | None:
+        """The newest decision date (what "this year" means): the first row of ``items.npz``, which
+        is newest first, when it shows the store's items (a scan of the items table took 0.56 s at
+        2.5M items, a third of `imr ask`'s start); else from the table."""
+        p = self.dir / ITEMS_FILE
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if str(z["__version__"]) == self.store.items_version():
+                    codes = z["decision_date"][:1]
+                    return (str(z["decision_date__vocab"][codes[0]]) or None) if len(codes) else None
+        except Exception:  # absent or damaged: the table answers (stats say what is damaged)
+            pass
+        return self.store.latest_decision()
+
     def segments(self) -> list[Segment]:
         """The live segments, opened for search."""
         return [Segment(self.dir, num, vectors=not self.remote_vectors) for num, _ in self.store.segments()]

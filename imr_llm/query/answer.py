@@ -251,7 +251,7 @@ def stats_answer(index: Index, question: str, f: Filters, reading: Reading) -> A
 
 
 def latest_decision(index: Index) -> str | None:
-    return index.store.latest_decision()
+    return index.latest_decision()
 
 
 def ask(index: Index, question: str, k: int = 6, filters: Filters | None = None, provider=None,
