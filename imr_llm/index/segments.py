@@ -112,6 +112,22 @@ class SegmentWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _random_access(*arrays: np.ndarray) -> None:
+    """Tell the kernel these mapped arrays are read at random (pruned BM25 reads a few postings of
+    the long lists by binary search): without it each page fault reads ahead as far as the disk's
+    read-ahead setting (8 MB on the bench machine), which had a long-running reader's cache holding
+    every BM25 file whole."""
+    import mmap
+
+    for a in arrays:
+        m = getattr(a, "_mmap", None)
+        if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            try:
+                m.madvise(mmap.MADV_RANDOM)
+            except OSError:
+                pass
+
+
 def add_term_max(index_dir: Path, nums: list[int]) -> None:
     """Give segments written before 0.4.1 their ``termmax.npy`` (each BM25 term's highest score,
     what pruning needs); derived from the segment's own lists, written atomically."""
@@ -199,6 +215,7 @@ class Segment:
             self.meta = json.loads((d / "segment.json").read_text())
             self.rowids = np.load(d / "rowids.npy", mmap_mode="r")
             self.bm = bm25s.BM25.load(str(d), mmap=True, show_progress=False)
+            _random_access(self.bm.scores["data"], self.bm.scores["indices"])
             n, dim = self.meta["chunks"], self.meta["dim"]
             self.ivf = bool(self.meta["ivf"])
             self.dense_ok = bool(vectors and dim)
