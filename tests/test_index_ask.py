@@ -145,7 +145,10 @@ def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
         ans = ask_json("why were physical therapy requests upheld after spinal fusion surgery?")
         assert {c["cite_id"] for c in ans["citations"]} == FUSION_LETTERS
         import chromadb
-        assert chromadb.HttpClient(host="127.0.0.1", port=port).get_collection("imr_chunks").count() > 0
+        col = chromadb.HttpClient(host="127.0.0.1", port=port).get_collection("imr_chunks")
+        assert col.count() > 0
+        hnsw = col.configuration_json["hnsw"]  # cosine, searched wider than Chroma's default
+        assert hnsw["space"] == "cosine" and hnsw["ef_search"] == 1000
     finally:
         proc.terminate()
         proc.wait(10)
