@@ -16,6 +16,7 @@ import numpy as np
 CHECK_FROM = 16_384  # a list shorter than this is cheaper to add up than to decide about
 LOOKUP = 16  # a binary search for one candidate costs about this many postings added up
 PROBE_MAX = 65_536  # passages of the shortest lists kept to bound the n-th best score from below
+SLACK = 1e-5  # relative: partial sums are float32, added in another order than a bound's sum
 
 
 def term_max(data: np.ndarray, indptr: np.ndarray) -> np.ndarray:
@@ -31,13 +32,15 @@ def top_n(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, num_docs: i
           weights: np.ndarray, ub: np.ndarray, n: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, positions) of the best ``n`` passages with a score above 0, best first (ties by
     position); ``terms`` are column numbers, ``weights`` how often each is in the query, ``ub``
-    each term's highest score, ``mask`` the passages allowed. Equal to scoring every passage."""
+    each term's highest score, ``mask`` the passages allowed. Equal to scoring every passage (to
+    float32 rounding: bm25s adds the words up in another order)."""
     ptr = np.asarray(indptr)
     starts, ends = ptr[terms], ptr[terms + 1]
     order = np.argsort(ends - starts, kind="stable")
     starts, ends, weights = starts[order], ends[order], weights[order]
-    ub = ub[order] * weights
-    rest_ub = np.concatenate([np.cumsum(ub[::-1])[::-1], [0.0]])  # the most the terms from j on can add
+    ub = ub[order].astype(np.float64) * weights
+    # the most the terms from j on can add, a little over (never prune on a rounding)
+    rest_ub = np.concatenate([np.cumsum(ub[::-1])[::-1], [0.0]]) * (1 + SLACK)
     scores = np.zeros(num_docs, dtype=np.float32)
     allowed = None if mask is None else np.flatnonzero(mask).astype(indices.dtype)
     # candidates: every passage that can still reach the top n (None: any passage can)
@@ -46,13 +49,14 @@ def top_n(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, num_docs: i
     for j in range(len(starts)):
         s, e = int(starts[j]), int(ends[j])
         if cand is None and probe and e - s >= CHECK_FROM:
-            theta = _nth_best(scores, probe, mask, n)
+            theta = _nth_best(scores, probe, mask, n) * (1 - SLACK)
             if 0 < theta and rest_ub[j] < theta:  # nobody else can reach the n-th best any more
                 cand = _allowed(np.flatnonzero(scores >= theta - rest_ub[j]).astype(indices.dtype), mask)
         if cand is None or len(cand) * LOOKUP >= e - s:  # add the whole list up (scores outside cand are unused)
             w = data[s:e] if weights[j] == 1 else data[s:e] * weights[j]
             np.add.at(scores, indices[s:e], w)
-            if cand is None and (not probe or _allowed(probe[0], mask).size < n) and sum(len(p) for p in probe) + e - s <= PROBE_MAX:
+            if cand is None and e > s and (not probe or _allowed(probe[0], mask).size < n) \
+                    and sum(len(p) for p in probe) + e - s <= PROBE_MAX:
                 probe.append(np.asarray(indices[s:e]))  # the shortest list, more only while it has fewer than n
         elif len(cand):  # only the candidates, by binary search in the sorted list
             col = indices[s:e]

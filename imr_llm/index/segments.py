@@ -246,8 +246,10 @@ class Segment:
 
     def lexical(self, tokens: list[str], n: int, mask: np.ndarray | None) -> Scored:
         """Best ``n`` by BM25 among the passages ``mask`` allows (all without one), exact."""
-        vocab = self.bm.vocab_dict
-        ids, counts = np.unique(np.asarray([vocab[t] for t in tokens if t in vocab], dtype=np.int64), return_counts=True)
+        vocab, cols = self.bm.vocab_dict, len(self.bm.scores["indptr"]) - 1
+        # (bm25s keeps "" in its vocabulary with no column of its own)
+        ids, counts = np.unique(np.asarray([vocab[t] for t in tokens if t and vocab.get(t, cols) < cols], dtype=np.int64),
+                                return_counts=True)
         if not len(ids) or not min(n, len(self)):
             return Scored(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
         sc = self.bm.scores
@@ -269,12 +271,14 @@ class Segment:
                                    f"run `imr index --rebuild RECORDS`") from None
         if isinstance(self._tmax, np.ndarray):
             return self._tmax[ids]
-        ptr = self.bm.scores["indptr"]
+        ptr, known = self.bm.scores["indptr"], self._tmax
+        out = []
         for t in ids.tolist():
-            if t not in self._tmax:
+            if t not in known:  # (two threads may both read it: the same value)
                 s, e = int(ptr[t]), int(ptr[t + 1])
-                self._tmax[t] = float(np.max(self.bm.scores["data"][s:e])) if e > s else 0.0
-        return np.asarray([self._tmax[t] for t in ids.tolist()], dtype=np.float32)
+                known[t] = float(np.max(self.bm.scores["data"][s:e])) if e > s else 0.0
+            out.append(known[t])
+        return np.asarray(out, dtype=np.float32)
 
     def _index(self):
         """The faiss index: the IVF file (memory-mapped), or for a small segment its float16 vectors."""
