@@ -317,23 +317,101 @@ def bench_dense_recall(data_dir: Path) -> dict:
     return out
 
 
+def server_recall(col, local: Path) -> dict:
+    """The server collection's HNSW against an exact scan of the same chunks' vectors (read from
+    ``local``, an index of the same records without a server): recall@10 strict and tie-aware
+    over the bench questions, and the time of a query for 80 neighbours (what search asks)."""
+    import numpy as np
+
+    from ..index import Index
+    from ..index.segments import Segment
+
+    ids: list[str] = []
+    total = col.count()
+    for k in range(0, total, 100_000):
+        ids += col.get(include=[], limit=100_000, offset=k)["ids"]
+    loc = Index(local, embedder=None)
+    where: dict[int, list[tuple[int, str]]] = {}
+    for k in range(0, len(ids), 900):
+        part_ids = ids[k:k + 900]
+        for cid, rowid, seg_num in loc.store.db.execute(f"SELECT id, rowid, seg FROM chunks WHERE id IN ({','.join('?' * len(part_ids))})", part_ids):
+            where.setdefault(seg_num, []).append((rowid, cid))
+    vid, blocks = [], []
+    for seg in (Segment(loc.dir, num, vectors=True) for num, _ in loc.store.segments()):
+        got_here = where.get(seg.num, [])
+        if not got_here:
+            continue
+        rowids = np.asarray(seg.rowids)
+        order = np.argsort(rowids)
+        pos = order[np.searchsorted(rowids[order], [r for r, _ in got_here])]
+        assert np.array_equal(rowids[pos], [r for r, _ in got_here])
+        blocks.append(seg.vectors()[pos])
+        vid += [c for _, c in got_here]
+    mat = np.vstack(blocks).astype(np.float32)
+    pos_of = {c: k for k, c in enumerate(vid)}
+    strict, ties, lat = [], [], []
+    for q in np.asarray(loc.embedder(_ASKS), dtype=np.float32):
+        ex = mat @ q
+        order = np.argsort(-ex)
+        tenth = ex[order[9]]
+        t = time.perf_counter()
+        got = col.query(query_embeddings=[q.tolist()], n_results=80, include=[])["ids"][0][:10]
+        lat.append((time.perf_counter() - t) * 1000)
+        strict.append(len(set(got) & {vid[k] for k in order[:10]}) / 10)
+        ties.append(float(np.mean([ex[pos_of[c]] >= tenth - 1e-4 if c in pos_of else False for c in got])))
+    loc.close()
+    return {"server_chunks": total, "compared_chunks": len(vid), "strict_mean": round(float(np.mean(strict)), 3),
+            "tie_aware_mean": round(float(np.mean(ties)), 3), "tie_aware_min": min(ties), "questions": len(ties),
+            "query80_p50_ms": round(float(np.median(lat)), 1), "query80_max_ms": round(max(lat), 1)}
+
+
+def bench_chroma_collection(work: Path, local: Path) -> dict:
+    """``server_recall`` of the collection a ``chroma`` step left in WORK/chroma-server (one that
+    was stopped part-way too), with the server's memory and disk."""
+    port, proc = _chroma_run(work / "chroma-server")
+    try:
+        import chromadb
+
+        c = chromadb.HttpClient(host="127.0.0.1", port=port)
+        col = c.get_collection(c.list_collections()[-1].name, embedding_function=None)
+        out = {"hnsw": col.configuration_json["hnsw"], **server_recall(col, local)}
+        st = dict(ln.split(":", 1) for ln in open(f"/proc/{proc.pid}/status") if ":" in ln)
+        out["server_peak_rss_mb"] = int(st["VmHWM"].split()[0]) // 1024
+        out["server_disk_mb"] = round(sum(f.stat().st_size for f in (work / "chroma-server").rglob("*") if f.is_file()) / 1e6, 1)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def _chroma_run(path: Path):
+    """A real ``chroma run`` on 127.0.0.1 over ``path``, answering: (port, process)."""
+    import socket
+
+    exe = shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    return port, proc
+
+
 def bench_chroma_server(records: Path, work: Path, local: Path, letters: int) -> dict:
     """The team path: a real ``chroma run`` on 127.0.0.1, ``IMR_CHROMA_URL`` set, the first
     ``letters`` records indexed (vectors upserted to the server), then retrieval timed and the
     server's dense top 10 compared with an exact scan of the same chunks' vectors in ``local``
     (an index of the same records without a server)."""
-    import socket
-
-    import numpy as np
-
-    exe = shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     srv_dir, data = work / "chroma-server", work / "index-chroma"
     shutil.rmtree(srv_dir, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
     part = records  # all of them: no copy (14 GB at 1M)
     if letters < _lines(records):
         part = work / f"records-first-{letters}.jsonl"
@@ -342,16 +420,9 @@ def bench_chroma_server(records: Path, work: Path, local: Path, letters: int) ->
                 if i >= letters:
                     break
                 dst.write(line)
-    proc = subprocess.Popen([exe, "run", "--path", str(srv_dir), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, proc = _chroma_run(srv_dir)
     old = os.environ.get("IMR_CHROMA_URL")
     try:
-        for _ in range(150):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
         os.environ["IMR_CHROMA_URL"] = f"http://127.0.0.1:{port}"  # env() follows the environment
         from ..index.rebuild import rebuild
 
@@ -363,43 +434,7 @@ def bench_chroma_server(records: Path, work: Path, local: Path, letters: int) ->
                "server_disk_mb": round(sum(f.stat().st_size for f in srv_dir.rglob("*") if f.is_file()) / 1e6, 1),
                "local_disk_mb": round(sum(f.stat().st_size for f in (data / "index").rglob("*") if f.is_file()) / 1e6, 1)}
         out.update({f"retrieval_{k}": v for k, v in bench_retrieval(data, 100).items()})
-        # the server's HNSW against exact search over the same chunks (their vectors from the local index)
-        from ..index import Index
-
-        loc = Index(local, embedder=None)
-        want = [c for (c,) in idx.store.db.execute("SELECT id FROM chunks")]
-        where: dict[int, list[tuple[int, str]]] = {}
-        for k in range(0, len(want), 900):
-            part_ids = want[k:k + 900]
-            for cid, rowid, seg_num in loc.store.db.execute(f"SELECT id, rowid, seg FROM chunks WHERE id IN ({','.join('?' * len(part_ids))})", part_ids):
-                where.setdefault(seg_num, []).append((rowid, cid))
-        from ..index.segments import Segment
-
-        ids, blocks = [], []
-        for seg in (Segment(loc.dir, num, vectors=True) for num, _ in loc.store.segments()):  # (IMR_CHROMA_URL is set)
-            got_here = where.get(seg.num, [])
-            if not got_here:
-                continue
-            rowids = np.asarray(seg.rowids)
-            order = np.argsort(rowids)
-            pos = order[np.searchsorted(rowids[order], [r for r, _ in got_here])]
-            assert np.array_equal(rowids[pos], [r for r, _ in got_here])
-            blocks.append(seg.vectors()[pos])
-            ids += [c for _, c in got_here]
-        loc.close()
-        mat = np.vstack(blocks).astype(np.float32)
-        pos_of = {c: k for k, c in enumerate(ids)}
-        col = idx.collection
-        strict, ties = [], []
-        for q in np.asarray(idx.embedder(_ASKS), dtype=np.float32):
-            ex = mat @ q
-            order = np.argsort(-ex)
-            tenth = ex[order[9]]
-            got = col.query(query_embeddings=[q.tolist()], n_results=10, include=[])["ids"][0]
-            strict.append(len(set(got) & {ids[k] for k in order[:10]}) / 10)
-            ties.append(float(np.mean([ex[pos_of[c]] >= tenth - 1e-4 if c in pos_of else False for c in got])))
-        out["dense_recall"] = {"strict_mean": round(float(np.mean(strict)), 3), "tie_aware_mean": round(float(np.mean(ties)), 3),
-                               "tie_aware_min": min(ties), "questions": len(ties)}
+        out["dense_recall"] = server_recall(idx.collection, local)
         idx.close()
         return out
     finally:
@@ -793,6 +828,11 @@ class _Run:
                      f"{r['chunks_per_s']} chunks/s / {r['retrieval_unfiltered_p95_ms']} ms unfiltered, {r['retrieval_broad_filter_p95_ms']} ms broad / "
                      f"{r['dense_recall']['tie_aware_mean']} tie-aware", "")
             self.save()
+        if "chroma-recall" in self.steps:  # the collection a chroma step left (stopped part-way too)
+            r = self.results["chroma_collection"] = bench_chroma_collection(self.work, data)
+            self.row(f"14 Chroma server collection, {r['server_chunks']:,} chunks: recall@10 tie-aware / query p50 / server memory",
+                     f"{r['tie_aware_mean']} / {r['query80_p50_ms']} ms / {r['server_peak_rss_mb']} MB", ">= 0.95 recall")
+            self.save()
         if "stats-index" in self.steps:
             from ..index.store import Store
 
@@ -831,7 +871,7 @@ def cmd_run(a) -> None:
         r.tokens()
     if r.steps & {"extract", "rerun"}:
         r.through_server()
-    if r.steps & {"index", "recall", "retrieval", "ask", "add", "stats-index", "chroma"}:
+    if r.steps & {"index", "recall", "retrieval", "ask", "add", "stats-index", "chroma", "chroma-recall"}:
         r.index()
     if "stats" in r.steps:
         r.stats()
@@ -856,7 +896,7 @@ def main() -> None:
     r.add_argument("--concurrency", default="1,8,32,64")
     r.add_argument("--seconds", type=float, default=6.0, help="target duration of each concurrency level")
     r.add_argument("--steps", default="parse,tokens,extract,rerun,index,ask",
-                   help="any of parse,tokens,extract,rerun,index,recall,retrieval,ask,add,stats-index,chroma,stats; "
+                   help="any of parse,tokens,extract,rerun,index,recall,retrieval,ask,add,stats-index,chroma,chroma-recall,stats; "
                         "results of earlier steps are kept in WORK/results.json, so a long run resumes")
     r.add_argument("--work", default=None, help="work folder (kept; reused corpus)")
     r.add_argument("--out", default="bench.json")
