@@ -12,6 +12,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -25,14 +26,27 @@ class Cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, kind TEXT, v TEXT)")
-            self._db.commit()
-        except sqlite3.DatabaseError as e:
-            raise RuntimeError(f"{path}: cache database is damaged ({e}); delete it to start over") from None
+        # Two worker processes opening a new cache at once: switching it to WAL answers "database
+        # is locked" at once, without waiting out the busy timeout, so the opening is retried.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, kind TEXT, v TEXT)")
+                self._db.commit()
+                return
+            except sqlite3.OperationalError as e:
+                self._db.close()
+                if "locked" not in str(e):
+                    raise RuntimeError(f"{path}: cache database is damaged ({e}); delete it to start over") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{path}: cache database is locked by another process for 30 s ({e})") from None
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as e:
+                raise RuntimeError(f"{path}: cache database is damaged ({e}); delete it to start over") from None
 
     def get(self, k: str) -> dict | None:
         with self._lock:
