@@ -30,16 +30,19 @@ class Cache:
         # is locked" at once, without waiting out the busy timeout, so the opening is retried.
         deadline = time.monotonic() + 30
         while True:
+            db = None
             try:
-                self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-                if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, kind TEXT, v TEXT)")
-                self._db.commit()
+                db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, kind TEXT, v TEXT)")
+                db.commit()
+                self._db = db
                 return
             except sqlite3.OperationalError as e:
-                self._db.close()
+                if db is not None:  # (connect itself can fail: a folder that cannot hold the file)
+                    db.close()
                 if "locked" not in str(e):
                     raise RuntimeError(f"{path}: cache database is damaged ({e}); delete it to start over") from None
                 if time.monotonic() > deadline:
