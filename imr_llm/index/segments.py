@@ -141,16 +141,23 @@ def add_term_max(index_dir: Path, nums: list[int]) -> None:
         os.replace(tmp, d / "termmax.npy")
 
 
+def _damaged(what, e: Exception, detail: int = 0) -> IndexProblem:
+    """The one line for a damaged index file or segment, with the remedy."""
+    why = f"{type(e).__name__}: {str(e)[:detail]}" if detail else type(e).__name__
+    return IndexProblem(f"{what} is damaged ({why}); run `imr index --rebuild RECORDS`")
+
+
 class Columns(Mapping):
-    """A segment's facet columns, each read on first use (a filter reads two or three of ~30:
-    loading all of them took 0.23 s of `imr ask` at 16 segments)."""
+    """An .npz of the index's columns (facets of a segment, items), each read on first use (a
+    filter reads two or three of a segment's ~30: loading all of them took 0.23 s of `imr ask` at
+    16 segments)."""
 
     def __init__(self, path: Path):
         self.path, self._got = path, {}
         try:
             self._z = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise IndexProblem(f"{path} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+            raise _damaged(path, e) from None
 
     def __getitem__(self, k: str) -> np.ndarray:
         if k not in self._got:
@@ -159,7 +166,7 @@ class Columns(Mapping):
             try:
                 self._got[k] = self._z[k]
             except Exception as e:
-                raise IndexProblem(f"{self.path} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+                raise _damaged(self.path, e) from None
         return self._got[k]
 
     def __iter__(self):
@@ -168,14 +175,17 @@ class Columns(Mapping):
     def __len__(self) -> int:
         return len(self._z.files)
 
+    def close(self) -> None:
+        self._z.close()
+
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """An .npz of the index (facet or item columns) as arrays; damage is one line with the remedy."""
+    """An .npz of the index (facet or item columns), every column read; damage is one line with the remedy."""
+    cols = Columns(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise IndexProblem(f"{path} is damaged ({type(e).__name__}); run `imr index --rebuild RECORDS`") from None
+        return dict(cols)
+    finally:
+        cols.close()
 
 
 def build_ivf(vecs: np.ndarray, path: Path) -> dict:
@@ -228,8 +238,7 @@ class Segment:
                 if not (d / need).is_file():
                     raise FileNotFoundError(need)
         except Exception as e:  # a deleted or truncated file
-            raise IndexProblem(f"the index segment {d} is damaged ({type(e).__name__}: {str(e)[:100]}); "
-                               f"run `imr index --rebuild RECORDS`") from None
+            raise _damaged(f"the index segment {d}", e, 100) from None
         if self.bm.nonoccurrence_array is not None:  # only the BM25 variants the writer uses are pruned exactly
             raise IndexProblem(f"the index segment {d} was written with an unknown BM25 variant; run `imr index --rebuild RECORDS`")
         self._facets: Columns | None = None
@@ -267,8 +276,7 @@ class Segment:
                 if isinstance(self._tmax, np.ndarray) and self._tmax.shape != (len(self.bm.scores["indptr"]) - 1,):
                     raise ValueError("not one score a term")
             except Exception as e:
-                raise IndexProblem(f"the index segment {self.dir} is damaged ({type(e).__name__}: {str(e)[:80]}); "
-                                   f"run `imr index --rebuild RECORDS`") from None
+                raise _damaged(f"the index segment {self.dir}", e, 80) from None
         if isinstance(self._tmax, np.ndarray):
             return self._tmax[ids]
         ptr, known = self.bm.scores["indptr"], self._tmax
@@ -291,8 +299,7 @@ class Segment:
                     # which took 1.9 ms a segment for what this does in 0.3 ms)
                     ix = faiss.read_index(str(self.dir / "ivf.faiss"), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
                 except Exception as e:
-                    raise IndexProblem(f"the index segment {self.dir} is damaged ({type(e).__name__}: {str(e)[:80]}); "
-                                       f"run `imr index --rebuild RECORDS`") from None
+                    raise _damaged(f"the index segment {self.dir}", e, 80) from None
                 if ix.ntotal != len(self):
                     raise IndexProblem(f"the index segment {self.dir} is damaged (its lists hold {ix.ntotal} of "
                                        f"{len(self)} passages); run `imr index --rebuild RECORDS`")
