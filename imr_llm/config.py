@@ -72,6 +72,8 @@ class EnvSettings(BaseSettings):
     embedder: str = _f("wordllama", "index", "wordllama (offline, default) | openai:NAME | compatible:NAME | chroma-default")
     embed_base_url: Optional[str] = _f(None, "index", "embedding server for compatible:NAME (default IMR_BASE_URL)")
     chroma_url: Optional[str] = _f(None, "index", "a shared Chroma server instead of the local folder")
+    server_url: Optional[str] = _f(None, "index", "an `imr serve` on the machine that holds the index (http://host:8321): "
+                                   "`imr ask` asks it, with IMR_SERVE_TOKEN, instead of reading IMR_DATA_DIR")
     index_workers: int = _f(0, "index", "processes that prepare and embed letters in `imr index` (0: two for a records "
                             "file over 20 MB with the local embedder, else none)", ge=0, le=64)
     # -- limits and safety

@@ -117,25 +117,97 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=o)
 
 
+class _Served:
+    """``create_app`` on a real uvicorn on 127.0.0.1 (a free port), stopped on exit."""
+
+    def __init__(self, data_dir, token=None):
+        import uvicorn
+
+        from imr_llm.page.web import create_app
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(create_app(data_dir, token), host="127.0.0.1", port=self.port, log_level="warning"))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.th = threading.Thread(target=self.server.run, daemon=True)
+        self.th.start()
+        for _ in range(200):
+            if self.server.started:
+                break
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.th.join(10)
+
+
 @pytest.fixture
 def live(data):
-    import uvicorn
+    with _Served(data) as srv:
+        yield srv.url
 
-    from imr_llm.page.web import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(data), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    th.join(10)
+def _ask(*args) -> tuple[int, str]:
+    res = runner.invoke(app, ["ask", *args])
+    return res.exit_code, res.output
+
+
+def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, monkeypatch):
+    """A team's index on one machine: `imr serve` there, `IMR_SERVER_URL` here. The answers are the
+    ones `imr ask` gives over the index itself; the served index follows an `imr index` run."""
+    from imr_llm.core.load import read_letter
+
+    token = "tok-" + "9" * 20
+    questions = [("why were physical therapy requests upheld after spinal fusion surgery?",),
+                 ("How many physical therapy requests were upheld?",),
+                 ("why was the request denied?", "--decision", "Upheld", "--k", "3"),
+                 ("what was decided for lumbar MRI?", "--filter", "category=imaging")]
+    local = {q: _ask(*q, "--json") for q in questions}
+    assert all(code == 0 for code, _ in local.values()), local
+    with _Served(data, token) as srv:
+        monkeypatch.setenv("IMR_SERVER_URL", srv.url)
+        monkeypatch.setenv("IMR_DATA_DIR", str(tmp_path / "nothing-here"))  # the client has no index
+        code, out = _ask(questions[0][0])
+        assert code == 2 and "IMR_SERVE_TOKEN" in out and token not in out
+        monkeypatch.setenv("IMR_SERVE_TOKEN", "wrong-" + "1" * 20)
+        code, out = _ask(questions[0][0])
+        assert code == 2 and "IMR_SERVE_TOKEN" in out and "wrong-" not in out
+        monkeypatch.setenv("IMR_SERVE_TOKEN", token)
+        for q in questions:
+            code, out = _ask(*q, "--json")
+            assert code == 0, out
+            assert json.loads(out) == json.loads(local[q][1]), q
+        ans = json.loads(_ask(questions[0][0], "--json")[1])
+        assert ans["citations"]
+        for c in ans["citations"]:  # quoted from the letters on the server's machine, at their offsets
+            assert read_letter(c["source_path"]).text[c["start"]:c["end"]] == c["quote"]
+        code, out = _ask(questions[1][0])  # the rich rendering, from the served answer
+        assert code == 0 and "physical_th" in out and "counted exactly" in out
+        code, out = _ask("why?", "--filter", "nonsense=1")
+        assert code == 2 and "nonsense" in out
+        code, out = _ask("why was therapy denied?", "--model", "openai:gpt-4o-mini")
+        assert code == 2 and "IMR_SERVER_URL" in out
+        before = json.loads(_ask("How many letters are there?", "--json")[1])
+        # the server's index grows (a new segment); the next question sees it without a restart
+        monkeypatch.setenv("IMR_DATA_DIR", str(data))
+        monkeypatch.delenv("IMR_SERVER_URL")
+        more = tmp_path / "more"
+        more.mkdir()
+        shutil.copy(LETTERS / "r032_CM16-0239479.pdf", more)
+        res = runner.invoke(app, ["ingest", str(more)])
+        assert res.exit_code == 0, res.output
+        monkeypatch.setenv("IMR_SERVER_URL", srv.url)
+        after = json.loads(_ask("How many letters are there?", "--json")[1])
+        assert after["count"] == before["count"] + 1, (before["answer"], after["answer"])
+        # its passages are in the new segment: found only if the server's open retriever was renewed
+        hit = json.loads(_ask("why was it decided?", "--filter", "letter_id=r032_CM16-0239479", "--json")[1])
+        assert hit["citations"] and {c["letter_id"] for c in hit["citations"]} == {"r032_CM16-0239479"}
+    code, out = _ask(questions[0][0])  # the server is gone: one line
+    assert code == 2 and "did not answer" in out and "Traceback" not in out
 
 
 def test_in_chromium_filter_ask_follow_a_citation_and_a_hostile_letter(live):

@@ -541,6 +541,78 @@ def bench_retrieval_process(data_dir: Path, queries: int = 200) -> dict:
     return {**json.loads(p.stdout.strip().splitlines()[-1]), "max_rss_mb": m["peak_rss_mb"], "memory": m}
 
 
+def bench_served(data_dir: Path, queries: int = 200, clients: int = 4) -> dict:
+    """The team path: a real `imr serve` (its own process, token set) on 127.0.0.1 over ``data_dir``,
+    asked through ``/api/ask`` as `imr ask` does with IMR_SERVER_URL: p50/p95 of whole answers
+    (question read, retrieval, passages quoted) one at a time, unfiltered and with a broad and a
+    narrow filter; then ``clients`` users at once; and the server's peak resident memory."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    token = "bench-" + os.urandom(12).hex()
+    env = {**os.environ, "IMR_SERVE_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "imr_llm.cli", "serve", "--data", str(data_dir), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, hdr = f"http://127.0.0.1:{port}/api/ask", {"authorization": f"Bearer {token}"}
+    try:
+        for _ in range(600):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        asks = _ASKS + ["why were physical therapy requests upheld after fusion", "facet blocks denied without radicular pain",
+                        "opioids without urine drug screening", "acupuncture functional improvement"]
+        # the filtered runs' questions name no category or decision of their own (the reader would
+        # add it, and a contradiction with the filter is refused)
+        plain = ["why was the request not supported", "functional improvement not documented", "guideline criteria were not met",
+                 "no objective findings on examination", "failed conservative care", "duration and frequency exceed guidelines",
+                 "no documentation of pain relief", "medical necessity not established", "red flags absent",
+                 "prior response to treatment", "long-term use not recommended", "why were these requests decided"]
+        http = httpx.Client(headers=hdr, timeout=120)
+
+        def one(i: int, extra: dict) -> float:
+            qs = plain if extra else asks
+            t = time.perf_counter()
+            r = http.get(url, params={"q": qs[i % len(qs)], "k": "6", **extra})
+            r.raise_for_status()
+            assert r.json()["question"] == qs[i % len(qs)]
+            return (time.perf_counter() - t) * 1000
+
+        t = time.monotonic()
+        first = one(0, {})  # opens the index and loads the embedder in the server
+        first_s = time.monotonic() - t
+        for i in range(1, 4):
+            one(i, {})
+
+        def pct(v, q):
+            return round(statistics.quantiles(v, n=100)[q - 1], 1)
+
+        out = {"first_answer_ms": round(first, 1), "first_answer_s": round(first_s, 2)}
+        for name, extra in (("unfiltered", {}), ("broad_filter", {"decision": "Upheld"}),
+                            ("narrow_filter", {"decision": "Overturned", "category": "acupuncture", "region": "lumbar"})):
+            v = [one(i, extra) for i in range(queries)]
+            out[f"{name}_p50_ms"], out[f"{name}_p95_ms"] = pct(v, 50), pct(v, 95)
+        t = time.monotonic()
+        with ThreadPoolExecutor(clients) as pool:
+            v = list(pool.map(lambda i: one(i, {}), range(queries)))
+        wall = time.monotonic() - t
+        out.update({f"clients{clients}_p50_ms": pct(v, 50), f"clients{clients}_p95_ms": pct(v, 95),
+                    f"clients{clients}_answers_per_s": round(queries / wall, 1)})
+        st = dict(ln.split(":", 1) for ln in open(f"/proc/{proc.pid}/status") if ":" in ln)
+        out["server_peak_rss_mb"] = int(st["VmHWM"].split()[0]) // 1024
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def _lines(path: Path) -> int:
     with open(path, "rb") as f:
         return sum(1 for _ in f)
@@ -833,6 +905,13 @@ class _Run:
             self.row(f"14 Chroma server collection, {r['server_chunks']:,} chunks: recall@10 tie-aware / query p50 / server memory",
                      f"{r['tie_aware_mean']} / {r['query80_p50_ms']} ms / {r['server_peak_rss_mb']} MB", ">= 0.95 recall")
             self.save()
+        if "serve" in self.steps:
+            r = self.results["served"] = bench_served(data)
+            self.row("14 imr serve /api/ask (IMR_SERVER_URL), whole answers: p95 unfiltered / broad / narrow; 4 users",
+                     f"{r['unfiltered_p95_ms']} / {r['broad_filter_p95_ms']} / {r['narrow_filter_p95_ms']} ms; "
+                     f"p95 {r['clients4_p95_ms']} ms, {r['clients4_answers_per_s']}/s", "p95 <= 100 ms")
+            self.row("14 imr serve peak memory, first answer", f"{r['server_peak_rss_mb']} MB, {r['first_answer_s']} s", "<= 2,048 MB")
+            self.save()
         if "stats-index" in self.steps:
             from ..index.store import Store
 
@@ -871,7 +950,7 @@ def cmd_run(a) -> None:
         r.tokens()
     if r.steps & {"extract", "rerun"}:
         r.through_server()
-    if r.steps & {"index", "recall", "retrieval", "ask", "add", "stats-index", "chroma", "chroma-recall"}:
+    if r.steps & {"index", "recall", "retrieval", "ask", "add", "stats-index", "chroma", "chroma-recall", "serve"}:
         r.index()
     if "stats" in r.steps:
         r.stats()

@@ -35,13 +35,16 @@ def ask(
         die("the question is empty (omit it for an interactive session)")
     if k < 1:
         die(f"--k {k}: the number of passages must be 1 or more")
-    s = get_settings(model, local_only)
+    options = dict(decision=decision, category=category, region=region, drug_class=drug_class, after_surgery=after_surgery,
+                   fusion=fusion, outside_ca=outside_ca, partial=partial, filter=filter_)
     try:
-        f = Filters.of(decision=decision, category=category, region=region, drug_class=drug_class,
-                       after_surgery=(after_surgery and not fusion) or None, fusion=fusion or None,
-                       licensed_outside_ca=outside_ca or None, partial=partial or None).merged(Filters.parse(filter_))
+        f = Filters.of_options(**options)
     except FilterError as e:
         die(str(e))
+    s = get_settings(None, local_only)
+    if s.env.server_url:
+        return _remote(s, question, k, options, model, as_json)
+    s = get_settings(model, local_only)
     try:
         idx = Index(s.data_dir, embedder=None, local_only=s.local_only)
     except IndexProblem as e:
@@ -58,6 +61,10 @@ def ask(
         else:
             render(res)
 
+    _session(question, one)
+
+
+def _session(question: str | None, one) -> None:
     if question:
         one(question)
         return
@@ -70,3 +77,29 @@ def ask(
         if q in ("", "exit", "quit"):
             return
         one(q)
+
+
+def _remote(s, question: str | None, k: int, options: dict, model: str | None, as_json: bool) -> None:
+    """IMR_SERVER_URL: the index lives with an `imr serve`; it answers (extractively) from there."""
+    from ..config import is_private_url
+    from ..query.remote import RemoteError, remote_ask
+    from .render import render
+
+    url = s.env.server_url
+    if model:
+        die(f"--model: {url} answers from its own index without a model here; unset IMR_SERVER_URL to write the answer with {model}")
+    if s.local_only and not is_private_url(url):
+        die(f"IMR_LOCAL_ONLY is set: refusing imr server {url!r}, which is not a loopback or private address")
+    token = s.env.serve_token.get_secret_value() if s.env.serve_token else None
+
+    def one(q: str) -> None:
+        try:
+            res = remote_ask(url, token, q, k, options, timeout=s.env.timeout)
+        except RemoteError as e:
+            die(str(e))
+        if as_json:
+            print(json.dumps(res.to_dict(), indent=2))
+        else:
+            render(res)
+
+    _session(question, one)

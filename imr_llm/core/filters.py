@@ -211,6 +211,15 @@ class Filters:
         return f
 
     @classmethod
+    def of_options(cls, decision: str | None = None, category: str | None = None, region: str | None = None,
+                   drug_class: str | None = None, after_surgery: bool = False, fusion: bool = False,
+                   outside_ca: bool = False, partial: bool = False, filter: str | None = None) -> "Filters":
+        """The filters `imr ask`'s options give (and the same options sent to `imr serve`)."""
+        return cls.of(decision=decision, category=category, region=region, drug_class=drug_class,
+                      after_surgery=(after_surgery and not fusion) or None, fusion=fusion or None,
+                      licensed_outside_ca=outside_ca or None, partial=partial or None).merged(cls.parse(filter))
+
+    @classmethod
     def parse(cls, text: str | None) -> "Filters":
         """``key=value,key=value`` (the --filter option of ask and stats); one condition per pair."""
         f = cls()

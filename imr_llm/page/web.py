@@ -9,9 +9,11 @@ are looked up by the ``letter_id`` the store knows. Bound to 127.0.0.1 unless a 
 from __future__ import annotations
 
 import csv
+import asyncio
 import hmac
 import io
 import json
+import threading
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -19,13 +21,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..core.filters import FIELDS, Cond, FilterError, Filters
 from .highlight import kind_of, letter_segments
-from ..index import Index
+from ..index import Index, IndexProblem
 from ..core.models import CSV_COLUMNS, DecisionRecord, csv_rows, output_line
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -62,6 +64,18 @@ def selection(params) -> Filters:
 
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+_ASKING = None
+
+
+def _asking():
+    """Two threads answer questions (this machine's two cores; each keeps its index open), so
+    questions from several users neither block the page nor each other's threads."""
+    global _ASKING
+    if _ASKING is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _ASKING = ThreadPoolExecutor(2, thread_name_prefix="imr-ask")
+    return _ASKING
 
 
 class _Page:
@@ -70,9 +84,57 @@ class _Page:
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
         self.loaded: dict = {}
+        self.served = threading.local()  # each asking thread's open index and retriever
 
     def index(self) -> Index:
         return Index(self.data_dir, embedder=None)
+
+    def answer(self, q: str, k: int, f: Filters | None = None):
+        """``ask`` over an index and retriever kept open between questions (segments opened and the
+        embedder loaded once a thread, not once a question), reopened when `imr index` adds
+        segments or `--rebuild` swaps the folder. Runs on ``_asking()``'s threads: SQLite wants
+        each connection kept to its thread."""
+        from ..query.answer import ask
+        from ..query.retrieve import Retriever
+
+        sv = self.served
+        try:
+            stamp = (self.data_dir / "index" / "store.sqlite").stat().st_ino
+        except OSError:
+            stamp = None
+        have = getattr(sv, "idx", None)
+        if have is None or sv.stamp != stamp or have.store.segments() != sv.segs:
+            if have is not None:
+                have.close()
+                sv.idx = None
+            sv.idx = Index(self.data_dir, embedder=None)
+            sv.stamp, sv.segs, sv.ret = stamp, sv.idx.store.segments(), Retriever(sv.idx)
+        return ask(sv.idx, q, k=k, filters=f, retriever=sv.ret)
+
+    async def api_ask(self, request: Request) -> Response:
+        """``/api/ask?q=...``: `imr ask --json`'s answer (what `imr ask` shows with IMR_SERVER_URL);
+        options as `imr ask` takes them (k, decision, category, region, drug_class, after_surgery,
+        fusion, outside_ca, partial, filter)."""
+        from ..query.answer import AnswerError
+
+        qp = request.query_params
+        q = (qp.get("q") or "").strip()
+        if not q:
+            return JSONResponse({"error": "the question is empty: /api/ask?q=..."}, 400)
+        try:
+            k = int(qp.get("k") or 6)
+            if not 1 <= k <= 100:
+                raise ValueError(f"k={k}: passages are 1 to 100")
+            yes = {n: (qp.get(n) or "").lower() in ("1", "true", "yes") for n in ("after_surgery", "fusion", "outside_ca", "partial")}
+            f = Filters.of_options(decision=qp.get("decision") or None, category=qp.get("category") or None,
+                                   region=qp.get("region") or None, drug_class=qp.get("drug_class") or None,
+                                   filter=qp.get("filter"), **yes)
+            res = await asyncio.get_running_loop().run_in_executor(_asking(), self.answer, q, k, f)
+        except (FilterError, AnswerError, ValueError) as e:
+            return JSONResponse({"error": str(e)}, 400)
+        except IndexProblem as e:
+            return JSONResponse({"error": str(e)}, 503)
+        return JSONResponse(res.to_dict())
 
     def facets(self, idx: Index) -> dict | None:
         """items.npz, reloaded when the index is rebuilt (its folder is swapped)."""
@@ -135,13 +197,13 @@ class _Page:
                     paths=got[1], items=rec["items"])
 
     async def ask_page(self, request: Request) -> Response:
-        from ..query.answer import AnswerError, ask
+        from ..query.answer import AnswerError
 
         q = (request.query_params.get("q") or "").strip()
         if not q:
             return self.page("ask.html", q="", res=None)
         try:
-            res = ask(self.index(), q, k=6)
+            res = await asyncio.get_running_loop().run_in_executor(_asking(), self.answer, q, 6)
         except (FilterError, AnswerError) as e:
             return self.page("error.html", 400, title="Cannot answer", message=str(e))
         return self.page("ask.html", q=q, res=res)
@@ -198,8 +260,6 @@ class _Page:
     async def on_error(self, request: Request, exc: Exception) -> Response:
         if getattr(exc, "status_code", 500) == 404:
             return self.not_found("No such page.")
-        from ..index import IndexProblem
-
         if isinstance(exc, IndexProblem):
             return self.page("error.html", 503, title="No index", message=str(exc))
         return self.page("error.html", 500, title="Error", message=f"{type(exc).__name__}")
@@ -242,7 +302,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
 
     pg = _Page(data_dir)
     routes = [Route("/kinds.css", pg.kinds_css), Route("/", pg.home), Route("/letters/{letter_id:str}", pg.letter),
-              Route("/ask", pg.ask_page), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
+              Route("/ask", pg.ask_page), Route("/api/ask", pg.api_ask), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
               Mount("/static", StaticFiles(packages=[("imr_llm.page", "static")]), name="static")]
     allowed = list(dict.fromkeys(LOOPBACK_HOSTS + list(hosts or [])))
     return Starlette(routes=routes, middleware=[Middleware(Guard, token=token), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],

@@ -62,6 +62,11 @@ class AnswerResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "AnswerResult":
+        """The result ``to_dict`` wrote (an `imr serve` answer read by `imr ask`)."""
+        return cls(**{**d, "citations": [Citation(**c) for c in d.get("citations") or []]})
+
 
 def marker(row: dict) -> str:
     return f"[{row['cite_id']} #{row['item'] + 1}]" if row["item"] >= 0 else f"[{row['cite_id']} summary]"
@@ -255,9 +260,10 @@ def latest_decision(index: Index) -> str | None:
 
 
 def ask(index: Index, question: str, k: int = 6, filters: Filters | None = None, provider=None,
-        model_label: str = "none") -> AnswerResult:
+        model_label: str = "none", retriever: Retriever | None = None) -> AnswerResult:
     """Answer ``question``. Filters given as options are added to those read from the question
-    (a contradiction between the two is a ``FilterError``, never a silent choice)."""
+    (a contradiction between the two is a ``FilterError``, never a silent choice). A long-running
+    caller passes its ``retriever`` (segments opened once, over ``index``)."""
     reading = read(question, latest_decision(index))
     f = reading.filters.merged(filters) if filters is not None and filters.active() else reading.filters
     reading.filters = f
@@ -268,7 +274,7 @@ def ask(index: Index, question: str, k: int = 6, filters: Filters | None = None,
     if reading.mode == "stats":
         return stats_answer(index, question, f, reading)
     f = f.without("kind")
-    hits = Retriever(index).search(question, k=k, filters=f)
+    hits = (retriever or Retriever(index)).search(question, k=k, filters=f)
     res = extractive(index, question, hits, f) if provider is None or not hits else llm_answer(index, provider, question, hits, f, model_label)
     res.reading = reading.to_dict()
     res.answer = reading.sentence() + "\n" + res.answer
