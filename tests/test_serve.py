@@ -206,6 +206,12 @@ def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, 
         # its passages are in the new segment: found only if the server's open retriever was renewed
         hit = json.loads(_ask("why was it decided?", "--filter", "letter_id=r032_CM16-0239479", "--json")[1])
         assert hit["citations"] and {c["letter_id"] for c in hit["citations"]} == {"r032_CM16-0239479"}
+        # a rebuild without that letter swaps the index folder: the server reads the new one
+        monkeypatch.delenv("IMR_SERVER_URL")
+        res = runner.invoke(app, ["index", "--rebuild", str(tmp_path / "records.jsonl")])
+        assert res.exit_code == 0, res.output
+        monkeypatch.setenv("IMR_SERVER_URL", srv.url)
+        assert json.loads(_ask("How many letters are there?", "--json")[1])["count"] == before["count"]
     code, out = _ask(questions[0][0])  # the server is gone: one line
     assert code == 2 and "did not answer" in out and "Traceback" not in out
 
