@@ -168,6 +168,11 @@ def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, 
                  ("what was decided for lumbar MRI?", "--filter", "category=imaging")]
     local = {q: _ask(*q, "--json") for q in questions}
     assert all(code == 0 for code, _ in local.values()), local
+    stats = [("--by", "category", "--json"), ("physical therapy requests", "--by", "decision_year", "--by", "body_region", "--json"),
+             ("--filter", "decision=Upheld", "--by", "drug_class", "--csv")]
+    local_stats = {a: runner.invoke(app, ["stats", *a]).output for a in stats}
+    assert json.loads(local_stats[stats[0]])["groups"] and json.loads(local_stats[stats[1]])["total"]["items"]
+    assert local_stats[stats[2]].startswith("drug_class,items,") and local_stats[stats[2]].count("\n") > 2
     with _Served(data, token) as srv:
         monkeypatch.setenv("IMR_SERVER_URL", srv.url)
         monkeypatch.setenv("IMR_DATA_DIR", str(tmp_path / "nothing-here"))  # the client has no index
@@ -181,6 +186,11 @@ def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, 
             code, out = _ask(*q, "--json")
             assert code == 0, out
             assert json.loads(out) == json.loads(local[q][1]), q
+        for a in stats:  # `imr stats` too: the same table
+            res = runner.invoke(app, ["stats", *a])
+            assert res.exit_code == 0 and res.output == local_stats[a], a
+        res = runner.invoke(app, ["stats", "--by", "nonsense"])
+        assert res.exit_code == 2 and "nonsense" in res.output
         ans = json.loads(_ask(questions[0][0], "--json")[1])
         assert ans["citations"]
         for c in ans["citations"]:  # quoted from the letters on the server's machine, at their offsets

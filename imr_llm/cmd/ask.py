@@ -81,15 +81,12 @@ def _session(question: str | None, one) -> None:
 
 def _remote(s, question: str | None, k: int, options: dict, model: str | None, as_json: bool) -> None:
     """IMR_SERVER_URL: the index lives with an `imr serve`; it answers (extractively) from there."""
-    from ..config import is_private_url
     from ..query.remote import RemoteError, remote_ask
     from .render import render
 
     url = s.env.server_url
     if model:
         die(f"--model: {url} answers from its own index without a model here; unset IMR_SERVER_URL to write the answer with {model}")
-    if s.local_only and not is_private_url(url):
-        die(f"IMR_LOCAL_ONLY is set: refusing imr server {url!r}, which is not a loopback or private address")
     token = s.env.serve_token.get_secret_value() if s.env.serve_token else None
 
     def one(q: str) -> None:

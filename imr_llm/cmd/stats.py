@@ -25,26 +25,24 @@ def stats(
     as_csv: bool = typer.Option(False, "--csv"),
 ) -> None:
     """Items, letters, upheld, overturned and the overturn rate with its 95% interval, per group."""
-    from ..query.answer import latest_decision
-    from ..core.filters import FilterError, Filters
+    from ..core.filters import FilterError
     from ..index import Index, IndexProblem
-    from ..core.question import read
-    from ..query.stats import compute, load_facets
+    from ..query.stats import stats_for
 
     s = get_settings(None)
-    try:
-        idx = Index(s.data_dir, embedder=None)
-        f = Filters()
-        unused: list[str] = []
-        if query:
-            r = read(query, latest_decision(idx))
-            f, unused = r.filters, r.unused
-        f = f.merged(Filters.parse(filter_))
-        res = compute(idx.store, by, f, load_facets(idx.dir))
-    except (IndexProblem, FilterError, ValueError) as e:
-        die(str(e))
-    if unused:
-        res["unused_words"] = unused
+    if s.env.server_url:
+        from ..query.remote import RemoteError, remote_get
+
+        try:
+            res = remote_get(s.env.server_url, s.env.serve_token.get_secret_value() if s.env.serve_token else None, "/api/stats",
+                             [("query", query or ""), ("filter", filter_ or "")] + [("by", b) for b in by], "total", s.env.timeout)
+        except RemoteError as e:
+            die(str(e))
+    else:
+        try:
+            res = stats_for(Index(s.data_dir, embedder=None), query, by, filter_)
+        except (IndexProblem, FilterError, ValueError) as e:
+            die(str(e))
     if as_json:
         print(json.dumps(res, indent=2))
         return

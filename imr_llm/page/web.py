@@ -89,12 +89,10 @@ class _Page:
     def index(self) -> Index:
         return Index(self.data_dir, embedder=None)
 
-    def answer(self, q: str, k: int, f: Filters | None = None):
-        """``ask`` over an index and retriever kept open between questions (segments opened and the
-        embedder loaded once a thread, not once a question), reopened when `imr index` adds
-        segments or `--rebuild` swaps the folder. Runs on ``_asking()``'s threads: SQLite wants
-        each connection kept to its thread."""
-        from ..query.answer import ask
+    def served_index(self):
+        """(index, retriever) kept open between requests (segments opened and the embedder loaded
+        once a thread, not once a question), renewed when `imr index` adds segments or `--rebuild`
+        swaps the folder. Called on ``_asking()``'s threads: SQLite keeps a connection to its thread."""
         from ..query.retrieve import Retriever
 
         sv = self.served
@@ -109,7 +107,31 @@ class _Page:
                 sv.idx = None
             sv.idx = Index(self.data_dir, embedder=None)
             sv.stamp, sv.segs, sv.ret = stamp, sv.idx.store.segments(), Retriever(sv.idx)
-        return ask(sv.idx, q, k=k, filters=f, retriever=sv.ret)
+        return sv.idx, sv.ret
+
+    def answer(self, q: str, k: int, f: Filters | None = None):
+        from ..query.answer import ask
+
+        idx, ret = self.served_index()
+        return ask(idx, q, k=k, filters=f, retriever=ret)
+
+    def stats(self, query: str | None, by: list[str], filter_: str | None) -> dict:
+        from ..query.stats import stats_for
+
+        return stats_for(self.served_index()[0], query, by, filter_)
+
+    async def api_stats(self, request: Request) -> Response:
+        """``/api/stats?query=...&by=...&filter=...``: `imr stats --json`'s result (what `imr stats`
+        shows with IMR_SERVER_URL)."""
+        qp = request.query_params
+        try:
+            res = await asyncio.get_running_loop().run_in_executor(
+                _asking(), self.stats, (qp.get("query") or "").strip() or None, qp.getlist("by"), qp.get("filter"))
+        except (FilterError, ValueError) as e:
+            return JSONResponse({"error": str(e)}, 400)
+        except IndexProblem as e:
+            return JSONResponse({"error": str(e)}, 503)
+        return JSONResponse(res)
 
     async def api_ask(self, request: Request) -> Response:
         """``/api/ask?q=...``: `imr ask --json`'s answer (what `imr ask` shows with IMR_SERVER_URL);
@@ -302,7 +324,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
 
     pg = _Page(data_dir)
     routes = [Route("/kinds.css", pg.kinds_css), Route("/", pg.home), Route("/letters/{letter_id:str}", pg.letter),
-              Route("/ask", pg.ask_page), Route("/api/ask", pg.api_ask), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
+              Route("/ask", pg.ask_page), Route("/api/ask", pg.api_ask), Route("/api/stats", pg.api_stats), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
               Mount("/static", StaticFiles(packages=[("imr_llm.page", "static")]), name="static")]
     allowed = list(dict.fromkeys(LOOPBACK_HOSTS + list(hosts or [])))
     return Starlette(routes=routes, middleware=[Middleware(Guard, token=token), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],

@@ -13,16 +13,29 @@ class RemoteError(Exception):
 
 
 def remote_ask(url: str, token: str | None, question: str, k: int, options: dict, timeout: float = 120.0) -> AnswerResult:
-    import httpx
-
-    params = {"q": question, "k": str(k)}
+    params = [("q", question), ("k", str(k))]
     for name in OPTIONS:
         v = options.get(name)
         if v:
-            params[name] = "1" if v is True else str(v)
+            params.append((name, "1" if v is True else str(v)))
+    body = remote_get(url, token, "/api/ask", params, "question", timeout)
+    try:
+        return AnswerResult.from_dict(body)
+    except TypeError:
+        raise RemoteError(f"the imr server at {url} answered in another imr-llm's format; run the same version on both") from None
+
+
+def remote_get(url: str, token: str | None, path: str, params: list[tuple[str, str]], expect: str, timeout: float) -> dict:
+    """GET ``path`` of the `imr serve` at ``url``: its JSON (which holds ``expect``), or one line."""
+    import httpx
+
+    from ..config import env, is_private_url
+
+    if env().local_only and not is_private_url(url):
+        raise RemoteError(f"IMR_LOCAL_ONLY is set: refusing imr server {url!r}, which is not a loopback or private address")
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.get(url.rstrip("/") + "/api/ask", params=params, headers=headers, timeout=timeout)
+        r = httpx.get(url.rstrip("/") + path, params=params, headers=headers, timeout=timeout)
     except httpx.HTTPError as e:  # the token is in a header, never in the message
         raise RemoteError(f"the imr server at {url} did not answer ({type(e).__name__}); start `imr serve` there "
                           f"(or unset IMR_SERVER_URL to read IMR_DATA_DIR here)") from None
@@ -32,10 +45,7 @@ def remote_ask(url: str, token: str | None, question: str, k: int, options: dict
         body = r.json()
     except ValueError:
         raise RemoteError(f"the imr server at {url} answered HTTP {r.status_code} without an answer; is IMR_SERVER_URL an `imr serve`?") from None
-    if r.status_code != 200 or not isinstance(body, dict) or "question" not in body:
+    if r.status_code != 200 or not isinstance(body, dict) or expect not in body:
         why = body.get("error") if isinstance(body, dict) else None
         raise RemoteError(f"the imr server at {url}: {why or f'HTTP {r.status_code}'}")
-    try:
-        return AnswerResult.from_dict(body)
-    except TypeError:
-        raise RemoteError(f"the imr server at {url} answered in another imr-llm's format; run the same version on both") from None
+    return body

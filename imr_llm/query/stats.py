@@ -256,3 +256,19 @@ def page_rowids(fz: dict, f: Filters, offset: int, limit: int) -> list[int]:
     """Rowids of the selection's items ``offset:offset+limit`` in the page's order (newest first)."""
     sel = np.flatnonzero(f.facet_mask(fz))[offset:offset + limit]
     return [int(x) for x in fz["rowid"][sel]]
+
+
+def stats_for(idx, query: str | None, by: list[str], filter_: str | None) -> dict:
+    """`imr stats`'s result over ``idx`` (also what `imr serve`'s /api/stats answers)."""
+    from ..core.question import read
+
+    f = Filters()
+    unused: list[str] = []
+    if query:
+        r = read(query, idx.latest_decision())
+        f, unused = r.filters, r.unused
+    f = f.merged(Filters.parse(filter_))
+    res = compute(idx.store, by, f, load_facets(idx.dir))
+    if unused:
+        res["unused_words"] = unused
+    return res
