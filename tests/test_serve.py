@@ -197,6 +197,8 @@ def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, 
             assert read_letter(c["source_path"]).text[c["start"]:c["end"]] == c["quote"]
         code, out = _ask(questions[1][0])  # the rich rendering, from the served answer
         assert code == 0 and "physical_th" in out and "counted exactly" in out
+        code, out = _ask("why was it denied " * 500)
+        assert code == 2 and "characters" in out and "Traceback" not in out
         code, out = _ask("why?", "--filter", "nonsense=1")
         assert code == 2 and "nonsense" in out
         code, out = _ask("why was therapy denied?", "--model", "openai:gpt-4o-mini")

@@ -26,6 +26,9 @@ from .retrieve import Hit, Retriever
 PROMPT_FILE = "answer_v1.md"
 
 
+MAX_QUESTION = 2000
+
+
 class AnswerError(Exception):
     """The model could not write an answer (deadline, unreachable, refused); one line."""
 
@@ -264,6 +267,8 @@ def ask(index: Index, question: str, k: int = 6, filters: Filters | None = None,
     """Answer ``question``. Filters given as options are added to those read from the question
     (a contradiction between the two is a ``FilterError``, never a silent choice). A long-running
     caller passes its ``retriever`` (segments opened once, over ``index``)."""
+    if len(question) > MAX_QUESTION:  # reading a 100 KB "question" takes seconds: a shared server's problem
+        raise AnswerError(f"the question is {len(question):,} characters; ask in at most {MAX_QUESTION:,}")
     reading = read(question, latest_decision(index))
     f = reading.filters.merged(filters) if filters is not None and filters.active() else reading.filters
     reading.filters = f
