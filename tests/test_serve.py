@@ -171,6 +171,11 @@ def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, 
     stats = [("--by", "category", "--json"), ("physical therapy requests", "--by", "decision_year", "--by", "body_region", "--json"),
              ("--filter", "decision=Upheld", "--by", "drug_class", "--csv")]
     local_stats = {a: runner.invoke(app, ["stats", *a]).output for a in stats}
+    precedents = [("Physical therapy 12 sessions lumbar spine", "--json"),
+                  ("Acupuncture 6 visits", "--after-surgery", "--region", "lumbar", "--k", "3", "--json"),
+                  ("--letter", str(SEEDS["000"]), "--json"), ("Norco 10/325 #90",)]
+    local_prec = {a: runner.invoke(app, ["precedent", *a]).output for a in precedents}
+    assert json.loads(local_prec[precedents[0]])["precedents"] and "past disputed items" in local_prec[precedents[3]]
     assert json.loads(local_stats[stats[0]])["groups"] and json.loads(local_stats[stats[1]])["total"]["items"]
     assert local_stats[stats[2]].startswith("drug_class,items,") and local_stats[stats[2]].count("\n") > 2
     with _Served(data, token) as srv:
@@ -189,6 +194,11 @@ def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, 
         for a in stats:  # `imr stats` too: the same table
             res = runner.invoke(app, ["stats", *a])
             assert res.exit_code == 0 and res.output == local_stats[a], a
+        for a in precedents:  # and `imr precedent`
+            res = runner.invoke(app, ["precedent", *a])
+            assert res.exit_code == 0 and res.output == local_prec[a], a
+        res = runner.invoke(app, ["precedent", "Physical therapy", "--region", "elbowz"])
+        assert res.exit_code == 2 and "elbowz" in res.output
         res = runner.invoke(app, ["stats", "--by", "nonsense"])
         assert res.exit_code == 2 and "nonsense" in res.output
         ans = json.loads(_ask(questions[0][0], "--json")[1])

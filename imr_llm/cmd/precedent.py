@@ -41,11 +41,22 @@ def precedent(
     if not request or not request.strip():
         die("give the request as text, or --letter FILE")
     s = get_settings(None)
-    try:
-        regions = [canonical_value("region", r) for r in region]
-        res = find(Index(s.data_dir, embedder=None), request, after_surgery, fusion, regions or None, k)
-    except (IndexProblem, FilterError) as e:
-        die(str(e))
+    if s.env.server_url:  # the served index answers (a --letter is read here; its request is sent)
+        from ..query.remote import RemoteError, remote_get
+
+        params = [("request", request), ("k", str(k)), ("after_surgery", "1" if after_surgery else ""),
+                  ("fusion", "1" if fusion else "")] + [("region", r) for r in region]
+        try:
+            res = remote_get(s.env.server_url, s.env.serve_token.get_secret_value() if s.env.serve_token else None,
+                             "/api/precedent", params, "precedents", s.env.timeout)
+        except RemoteError as e:
+            die(str(e))
+    else:
+        try:
+            regions = [canonical_value("region", r) for r in region]
+            res = find(Index(s.data_dir, embedder=None), request, after_surgery, fusion, regions or None, k)
+        except (IndexProblem, FilterError) as e:
+            die(str(e))
     if as_json:
         print(json.dumps(res, indent=2))
         return

@@ -120,6 +120,32 @@ class _Page:
 
         return stats_for(self.served_index()[0], query, by, filter_)
 
+    def precedent(self, req: str, after_surgery: bool, fusion: bool, regions: list[str], k: int) -> dict:
+        from ..core.filters import canonical_value
+        from ..query.precedent import find
+
+        idx, ret = self.served_index()
+        return find(idx, req, after_surgery, fusion, [canonical_value("region", r) for r in regions] or None, k, retriever=ret)
+
+    async def api_precedent(self, request: Request) -> Response:
+        """``/api/precedent?request=...``: `imr precedent --json`'s result (options after_surgery,
+        fusion, region (repeatable), k)."""
+        qp = request.query_params
+        req = (qp.get("request") or "").strip()
+        try:
+            if not req or len(req) > 2000:
+                raise ValueError("give the request as text, up to 2,000 characters: /api/precedent?request=...")
+            k = int(qp.get("k") or 5)
+            if not 1 <= k <= 50:
+                raise ValueError(f"k={k}: letters are 1 to 50")
+            yes = [(qp.get(n) or "").lower() in ("1", "true", "yes") for n in ("after_surgery", "fusion")]
+            res = await asyncio.get_running_loop().run_in_executor(_asking(), self.precedent, req, *yes, qp.getlist("region"), k)
+        except (FilterError, ValueError) as e:
+            return JSONResponse({"error": str(e)}, 400)
+        except IndexProblem as e:
+            return JSONResponse({"error": str(e)}, 503)
+        return JSONResponse(res)
+
     async def api_stats(self, request: Request) -> Response:
         """``/api/stats?query=...&by=...&filter=...``: `imr stats --json`'s result (what `imr stats`
         shows with IMR_SERVER_URL)."""
@@ -324,7 +350,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
 
     pg = _Page(data_dir)
     routes = [Route("/kinds.css", pg.kinds_css), Route("/", pg.home), Route("/letters/{letter_id:str}", pg.letter),
-              Route("/ask", pg.ask_page), Route("/api/ask", pg.api_ask), Route("/api/stats", pg.api_stats), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
+              Route("/ask", pg.ask_page), Route("/api/ask", pg.api_ask), Route("/api/stats", pg.api_stats), Route("/api/precedent", pg.api_precedent), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
               Mount("/static", StaticFiles(packages=[("imr_llm.page", "static")]), name="static")]
     allowed = list(dict.fromkeys(LOOPBACK_HOSTS + list(hosts or [])))
     return Starlette(routes=routes, middleware=[Middleware(Guard, token=token), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],

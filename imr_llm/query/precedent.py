@@ -26,7 +26,7 @@ def read_request(text: str) -> dict:
 
 
 def find(index, request: str, after_surgery: bool = False, fusion: bool = False, regions: list[str] | None = None,
-         k: int = 5) -> dict:
+         k: int = 5, retriever=None) -> dict:
     from .answer import best_sentences
     from .retrieve import Retriever
 
@@ -57,7 +57,7 @@ def find(index, request: str, after_surgery: bool = False, fusion: bool = False,
     t = res["total"]
     reasons = compute(index.store, ["denial_reason"], Filters(f.conds + [Cond("decision", ("Upheld",))]), facets)["groups"]
     guides = compute(index.store, ["guideline_source"], f, facets)["groups"]
-    hits = Retriever(index).search(request, k=k, filters=f)
+    hits = (retriever or Retriever(index)).search(request, k=k, filters=f)
     precedents = []
     for h in hits:
         row = h.row
