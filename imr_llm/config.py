@@ -82,6 +82,10 @@ class EnvSettings(BaseSettings):
     max_bytes: int = _f(16 * 1024 * 1024, "limits", "largest letter file read", gt=0)
     serve_token: Optional[SecretStr] = _f(None, "limits", "`imr serve` beyond 127.0.0.1: the token every request must carry")
 
+    def serve_secret(self) -> str | None:
+        """IMR_SERVE_TOKEN's value: what `imr serve` requires and the commands asking it send."""
+        return self.serve_token.get_secret_value() if self.serve_token else None
+
     def env_name(self, field: str) -> str:
         alias = type(self).model_fields[field].validation_alias
         return alias if isinstance(alias, str) else f"IMR_{field.upper()}"

@@ -159,6 +159,8 @@ def _ask(*args) -> tuple[int, str]:
 def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, monkeypatch):
     """A team's index on one machine: `imr serve` there, `IMR_SERVER_URL` here. The answers are the
     ones `imr ask` gives over the index itself; the served index follows an `imr index` run."""
+    import httpx
+
     from imr_llm.core.load import read_letter
 
     token = "tok-" + "9" * 20
@@ -207,6 +209,13 @@ def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, 
             assert read_letter(c["source_path"]).text[c["start"]:c["end"]] == c["quote"]
         code, out = _ask(questions[1][0])  # the rich rendering, from the served answer
         assert code == 0 and "physical_th" in out and "counted exactly" in out
+        r = httpx.get(srv.url + "/api/ask", params={"q": "why?"}, headers={"host": "index-host.lan", "authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json()["question"] == "why?"  # a token server answers the names a team uses
+        r = httpx.get(srv.url + "/api/ask", params=[("q", "why?"), ("region", "lumbar"), ("region", "knee")],
+                      headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 400 and "given 2 times" in r.json()["error"]
+        r = httpx.get(srv.url + "/api/stats", params=[("by", "denial_reason")] * 2, headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 400 and "up to 3 different fields" in r.json()["error"]
         code, out = _ask("why was it denied " * 500)
         assert code == 2 and "characters" in out and "Traceback" not in out
         code, out = _ask("why?", "--filter", "nonsense=1")
@@ -234,6 +243,18 @@ def test_imr_ask_through_a_served_index_answers_as_it_does_here(data, tmp_path, 
         assert res.exit_code == 0, res.output
         monkeypatch.setenv("IMR_SERVER_URL", srv.url)
         assert json.loads(_ask("How many letters are there?", "--json")[1])["count"] == before["count"]
+    with _Served(data) as srv:  # without a token only loopback names are answered: said plainly
+        monkeypatch.setenv("IMR_SERVER_URL", srv.url.replace("127.0.0.1", "localhost"))
+        assert _ask("How many letters are there?")[0] == 0
+        r = httpx.get(srv.url + "/api/ask", params={"q": "why?"}, headers={"host": "index-host.lan"})
+        assert r.status_code == 400
+        monkeypatch.setenv("IMR_SERVER_URL", srv.url)
+        code, out = _ask("why?", "--local-only")  # loopback is local
+        assert code == 0, out
+    monkeypatch.setenv("IMR_SERVER_URL", "http://93.184.216.34:8321")  # public: refused before anything is sent
+    code, out = _ask("why?", "--local-only")
+    assert code == 2 and "IMR_LOCAL_ONLY" in out
+    monkeypatch.setenv("IMR_SERVER_URL", srv.url)
     code, out = _ask(questions[0][0])  # the server is gone: one line
     assert code == 2 and "did not answer" in out and "Traceback" not in out
 

@@ -557,11 +557,15 @@ def bench_served(data_dir: Path, queries: int = 200, clients: int = 4) -> dict:
     s.close()
     token = "bench-" + os.urandom(12).hex()
     env = {**os.environ, "IMR_SERVE_TOKEN": token}
+    log = open(data_dir / "bench-serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "imr_llm.cli", "serve", "--data", str(data_dir), "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     url, hdr = f"http://127.0.0.1:{port}/api/ask", {"authorization": f"Bearer {token}"}
     try:
         for _ in range(600):
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"imr serve exited ({proc.returncode}): {log.read()[-500:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 break
@@ -611,6 +615,7 @@ def bench_served(data_dir: Path, queries: int = 200, clients: int = 4) -> dict:
     finally:
         proc.terminate()
         proc.wait(30)
+        log.close()
 
 
 def _lines(path: Path) -> int:
@@ -975,7 +980,7 @@ def main() -> None:
     r.add_argument("--concurrency", default="1,8,32,64")
     r.add_argument("--seconds", type=float, default=6.0, help="target duration of each concurrency level")
     r.add_argument("--steps", default="parse,tokens,extract,rerun,index,ask",
-                   help="any of parse,tokens,extract,rerun,index,recall,retrieval,ask,add,stats-index,chroma,chroma-recall,stats; "
+                   help="any of parse,tokens,extract,rerun,index,recall,retrieval,ask,add,stats-index,chroma,chroma-recall,serve,stats; "
                         "results of earlier steps are kept in WORK/results.json, so a long run resumes")
     r.add_argument("--work", default=None, help="work folder (kept; reused corpus)")
     r.add_argument("--out", default="bench.json")

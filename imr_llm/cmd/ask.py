@@ -33,8 +33,10 @@ def ask(
 
     if question is not None and not question.strip():
         die("the question is empty (omit it for an interactive session)")
-    if k < 1:
-        die(f"--k {k}: the number of passages must be 1 or more")
+    from ..query.remote import MAX_K
+
+    if not 1 <= k <= MAX_K:
+        die(f"--k {k}: the number of passages is 1 to {MAX_K}")
     options = dict(decision=decision, category=category, region=region, drug_class=drug_class, after_surgery=after_surgery,
                    fusion=fusion, outside_ca=outside_ca, partial=partial, filter=filter_)
     try:
@@ -87,11 +89,11 @@ def _remote(s, question: str | None, k: int, options: dict, model: str | None, a
     url = s.env.server_url
     if model:
         die(f"--model: {url} answers from its own index without a model here; unset IMR_SERVER_URL to write the answer with {model}")
-    token = s.env.serve_token.get_secret_value() if s.env.serve_token else None
+    token = s.env.serve_secret()
 
     def one(q: str) -> None:
         try:
-            res = remote_ask(url, token, q, k, options, timeout=s.env.timeout)
+            res = remote_ask(url, token, q, k, options, timeout=s.env.timeout, local_only=s.local_only)
         except RemoteError as e:
             die(str(e))
         if as_json:

@@ -47,7 +47,7 @@ def precedent(
         params = [("request", request), ("k", str(k)), ("after_surgery", "1" if after_surgery else ""),
                   ("fusion", "1" if fusion else "")] + [("region", r) for r in region]
         try:
-            res = remote_get(s.env.server_url, s.env.serve_token.get_secret_value() if s.env.serve_token else None,
+            res = remote_get(s.env.server_url, s.env.serve_secret(),
                              "/api/precedent", params, "precedents", s.env.timeout)
         except RemoteError as e:
             die(str(e))

@@ -25,7 +25,7 @@ def serve(
     data_dir = data or s.data_dir
     if not (data_dir / "index" / "store.sqlite").is_file():
         die(f"no index in {data_dir / 'index'}: run `imr ingest LETTERS` first (or pass --data DIR)")
-    token = s.env.serve_token.get_secret_value() if s.env and s.env.serve_token else None
+    token = s.env.serve_secret() if s.env else None
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -34,7 +34,7 @@ def stats(
         from ..query.remote import RemoteError, remote_get
 
         try:
-            res = remote_get(s.env.server_url, s.env.serve_token.get_secret_value() if s.env.serve_token else None, "/api/stats",
+            res = remote_get(s.env.server_url, s.env.serve_secret(), "/api/stats",
                              [("query", query or ""), ("filter", filter_ or "")] + [("by", b) for b in by], "total", s.env.timeout)
         except RemoteError as e:
             die(str(e))

@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from ..core.filters import FIELDS, Cond, FilterError, Filters
 from .highlight import kind_of, letter_segments
 from ..index import Index, IndexProblem
+from ..query.remote import MAX_K, OPTIONS, YES_NO
 from ..core.models import CSV_COLUMNS, DecisionRecord, csv_rows, output_line
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -64,18 +65,14 @@ def selection(params) -> Filters:
 
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
-_ASKING = None
 
 
 def _asking():
-    """Two threads answer questions (this machine's two cores; each keeps its index open), so
-    questions from several users neither block the page nor each other's threads."""
-    global _ASKING
-    if _ASKING is None:
-        from concurrent.futures import ThreadPoolExecutor
+    """The threads that answer questions, each keeping its index open; apart from the search
+    threads, which an answering thread waits on (one pool of two would deadlock)."""
+    from ..query.retrieve import threads
 
-        _ASKING = ThreadPoolExecutor(2, thread_name_prefix="imr-ask")
-    return _ASKING
+    return threads("imr-ask")
 
 
 class _Page:
@@ -118,7 +115,8 @@ class _Page:
     def stats(self, query: str | None, by: list[str], filter_: str | None) -> dict:
         from ..query.stats import stats_for
 
-        return stats_for(self.served_index()[0], query, by, filter_)
+        idx = self.served_index()[0]
+        return stats_for(idx, query, by, filter_, self.facets(idx))
 
     def precedent(self, req: str, after_surgery: bool, fusion: bool, regions: list[str], k: int) -> dict:
         from ..core.filters import canonical_value
@@ -171,12 +169,16 @@ class _Page:
             return JSONResponse({"error": "the question is empty: /api/ask?q=..."}, 400)
         try:
             k = int(qp.get("k") or 6)
-            if not 1 <= k <= 100:
-                raise ValueError(f"k={k}: passages are 1 to 100")
-            yes = {n: (qp.get(n) or "").lower() in ("1", "true", "yes") for n in ("after_surgery", "fusion", "outside_ca", "partial")}
-            f = Filters.of_options(decision=qp.get("decision") or None, category=qp.get("category") or None,
-                                   region=qp.get("region") or None, drug_class=qp.get("drug_class") or None,
-                                   filter=qp.get("filter"), **yes)
+            if not 1 <= k <= MAX_K:
+                raise ValueError(f"k={k}: passages are 1 to {MAX_K}")
+            given = {}
+            for n in OPTIONS:
+                got = qp.getlist(n)
+                if len(got) > 1:
+                    raise ValueError(f"{n} is given {len(got)} times; give it once (several values: filter={n}=a|b)")
+                if got and got[0]:
+                    given[n] = got[0].lower() in ("1", "true", "yes") if n in YES_NO else got[0]
+            f = Filters.of_options(**given)
             res = await asyncio.get_running_loop().run_in_executor(_asking(), self.answer, q, k, f)
         except (FilterError, AnswerError, ValueError) as e:
             return JSONResponse({"error": str(e)}, 400)
@@ -306,6 +308,10 @@ class _Page:
         return Response(CSS, media_type="text/css")
 
     async def on_error(self, request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):  # `imr ask` on another machine reads the reason
+            code = getattr(exc, "status_code", None) or (503 if isinstance(exc, IndexProblem) else 500)
+            why = str(exc) if isinstance(exc, IndexProblem) or code < 500 else f"the server failed ({type(exc).__name__}); see its log"
+            return JSONResponse({"error": why}, code)
         if getattr(exc, "status_code", 500) == 404:
             return self.not_found("No such page.")
         if isinstance(exc, IndexProblem):
@@ -343,8 +349,10 @@ def _facet_links(all_counts: dict, params) -> dict[str, list[dict]]:
 
 
 def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None = None) -> Starlette:
-    """``hosts``: the Host headers answered (DNS rebinding: a web page must not reach this app
-    under its own name); loopback names by default, plus the --host given to `imr serve`."""
+    """``hosts``: the Host headers answered without a token (DNS rebinding: a web page must not
+    reach this app under its own name); loopback names by default, plus the --host given to `imr
+    serve`. With a token every request carries it (a rebinding page has none: the browser keeps
+    the cookie for the name that set it), so any name the team reaches the machine by is answered."""
     from starlette.exceptions import HTTPException
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -352,7 +360,7 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
     routes = [Route("/kinds.css", pg.kinds_css), Route("/", pg.home), Route("/letters/{letter_id:str}", pg.letter),
               Route("/ask", pg.ask_page), Route("/api/ask", pg.api_ask), Route("/api/stats", pg.api_stats), Route("/api/precedent", pg.api_precedent), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
               Mount("/static", StaticFiles(packages=[("imr_llm.page", "static")]), name="static")]
-    allowed = list(dict.fromkeys(LOOPBACK_HOSTS + list(hosts or [])))
+    allowed = ["*"] if token else list(dict.fromkeys(LOOPBACK_HOSTS + list(hosts or [])))
     return Starlette(routes=routes, middleware=[Middleware(Guard, token=token), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],
                      exception_handlers={HTTPException: pg.on_error, Exception: pg.on_error})
 

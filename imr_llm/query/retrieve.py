@@ -10,6 +10,7 @@ apply to over-fetched candidates, and when those run dry the allowed chunks are 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,14 +167,21 @@ def fuse(rankings: dict[str, list[str]], rows: dict[str, dict], k: int, per_lett
     return out
 
 
-_POOL = None
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def threads(name: str):
+    """Two threads named ``name`` in this process (this machine's two cores; more only contend),
+    made once under a lock: a server's requests ask for them at the same moment."""
+    with _POOLS_LOCK:
+        if name not in _POOLS:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOLS[name] = ThreadPoolExecutor(2, thread_name_prefix=name)
+        return _POOLS[name]
 
 
 def _pool():
-    """Two threads for the segments' searches (this machine's two cores; more only contend)."""
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(2, thread_name_prefix="imr-search")
-    return _POOL
+    """The segments' searches (faiss and NumPy release the GIL)."""
+    return threads("imr-search")
