@@ -365,6 +365,48 @@ def server_recall(col, local: Path) -> dict:
             "query80_p50_ms": round(float(np.median(lat)), 1), "query80_max_ms": round(max(lat), 1)}
 
 
+def bench_hnsw(data_dir: Path, settings: list[tuple[int, int]], efs=(1000, 3000)) -> dict:
+    """hnswlib (chroma-hnswlib: the graph library under Chroma's index; `pip install
+    chroma-hnswlib`) over every vector of the index in ``data_dir``, built in process with each
+    (M, ef_construction) and searched at each ef: recall@10 of the bench questions against an
+    exact scan, tie-aware and within 1% of the 10th best's cosine distance (ann-benchmarks'
+    epsilon recall), as Chroma's server would give it with those settings."""
+    import hnswlib
+    import numpy as np
+
+    from ..index import Index
+    from ..index.segments import Segment
+
+    loc = Index(data_dir, embedder=None)
+    m = np.vstack([Segment(loc.dir, num, vectors=True).vectors()[:] for num, _ in loc.store.segments()]).astype(np.float32)
+    qs = np.asarray(loc.embedder(_ASKS), dtype=np.float32)
+    exact = [m @ q for q in qs]
+    tenth = [np.sort(e)[-10] for e in exact]
+    out = {"vectors": len(m), "distinct_vectors": len({v.tobytes() for v in m.astype(np.float16)}), "questions": len(qs), "runs": []}
+    for M, efc in settings:
+        t = time.monotonic()
+        g = hnswlib.Index(space="cosine", dim=m.shape[1])
+        g.init_index(len(m), ef_construction=efc, M=M)
+        g.add_items(m, np.arange(len(m)), num_threads=2)
+        build = time.monotonic() - t
+        for ef in efs:
+            g.set_ef(ef)
+            ties, eps, lat = [], [], []
+            for q, ex, t10 in zip(qs, exact, tenth):
+                t = time.perf_counter()
+                lab, _ = g.knn_query(q[None], k=80)  # what search asks a server for
+                lat.append((time.perf_counter() - t) * 1000)
+                sc = ex[lab[0][:10]]
+                ties.append(float(np.mean(sc >= t10 - 1e-4)))
+                eps.append(float(np.mean((1 - sc) <= (1 - t10) * 1.01)))
+            out["runs"].append({"M": M, "ef_construction": efc, "ef_search": ef, "build_s": round(build, 1),
+                                "inserts_per_s": round(len(m) / build), "tie_aware_mean": round(float(np.mean(ties)), 3),
+                                "tie_aware_min": min(ties), "epsilon01_mean": round(float(np.mean(eps)), 3),
+                                "epsilon01_min": min(eps), "query_p50_ms": round(float(np.median(lat)), 2)})
+    loc.close()
+    return out
+
+
 def bench_chroma_collection(work: Path, local: Path) -> dict:
     """``server_recall`` of the collection a ``chroma`` step left in WORK/chroma-server (one that
     was stopped part-way too), with the server's memory and disk."""
@@ -905,6 +947,13 @@ class _Run:
                      f"{r['chunks_per_s']} chunks/s / {r['retrieval_unfiltered_p95_ms']} ms unfiltered, {r['retrieval_broad_filter_p95_ms']} ms broad / "
                      f"{r['dense_recall']['tie_aware_mean']} tie-aware", "")
             self.save()
+        if "hnsw" in self.steps:
+            r = self.results["hnsw"] = bench_hnsw(data, [tuple(int(x) for x in v.split("/")) for v in self.a.hnsw.split(",")])
+            for run in r["runs"]:
+                self.row(f"14 hnswlib M{run['M']} ef_construction {run['ef_construction']} ef {run['ef_search']}, {r['vectors']:,} vectors: "
+                         "recall@10 tie-aware (min) / within 1%", f"{run['tie_aware_mean']} ({run['tie_aware_min']}) / {run['epsilon01_mean']}",
+                         ">= 0.95")
+            self.save()
         if "chroma-recall" in self.steps:  # the collection a chroma step left (stopped part-way too)
             r = self.results["chroma_collection"] = bench_chroma_collection(self.work, data)
             self.row(f"14 Chroma server collection, {r['server_chunks']:,} chunks: recall@10 tie-aware / query p50 / server memory",
@@ -955,7 +1004,7 @@ def cmd_run(a) -> None:
         r.tokens()
     if r.steps & {"extract", "rerun"}:
         r.through_server()
-    if r.steps & {"index", "recall", "retrieval", "ask", "add", "stats-index", "chroma", "chroma-recall", "serve"}:
+    if r.steps & {"index", "recall", "retrieval", "ask", "add", "stats-index", "chroma", "chroma-recall", "serve", "hnsw"}:
         r.index()
     if "stats" in r.steps:
         r.stats()
@@ -980,7 +1029,7 @@ def main() -> None:
     r.add_argument("--concurrency", default="1,8,32,64")
     r.add_argument("--seconds", type=float, default=6.0, help="target duration of each concurrency level")
     r.add_argument("--steps", default="parse,tokens,extract,rerun,index,ask",
-                   help="any of parse,tokens,extract,rerun,index,recall,retrieval,ask,add,stats-index,chroma,chroma-recall,serve,stats; "
+                   help="any of parse,tokens,extract,rerun,index,recall,retrieval,ask,add,stats-index,chroma,chroma-recall,serve,hnsw,stats; "
                         "results of earlier steps are kept in WORK/results.json, so a long run resumes")
     r.add_argument("--work", default=None, help="work folder (kept; reused corpus)")
     r.add_argument("--out", default="bench.json")
@@ -989,6 +1038,7 @@ def main() -> None:
     r.add_argument("--stats-items", type=int, default=1_000_000, help="items in the store for the stats/page step")
     r.add_argument("--add-letters", type=int, default=10_000, help="letters added to the built index (step add)")
     r.add_argument("--chroma-letters", type=int, default=100_000, help="letters indexed through a Chroma server (step chroma)")
+    r.add_argument("--hnsw", default="16/100,32/200", help="M/ef_construction settings of step hnsw (needs chroma-hnswlib)")
     nv = sub.add_parser("naive", help="accuracy and tokens of the naive one-call baseline vs imr extract")
     nv.add_argument("--model", required=True, help="PROVIDER:MODEL, e.g. llama-cpp:PATH.gguf")
     nv.add_argument("--suite", default=str(Path(__file__).resolve().parents[2] / "evals"))
