@@ -155,9 +155,11 @@ def test_small_segments_are_merged(records, tmp_path, monkeypatch):
     assert a["rows"] == b["rows"] and all(len(v) == 1 for v in a["vecs"].values()) and set(a["vecs"]) == set(b["vecs"])
 
 
-def test_a_large_segment_searches_its_lists(records, tmp_path, monkeypatch):
+@pytest.mark.parametrize("filtered", ["one by one", "lists scanned"])
+def test_a_large_segment_searches_its_lists(records, tmp_path, monkeypatch, filtered):
     """From IVF_MIN chunks a segment keeps its float16 vectors in faiss inverted lists only: the same
-    vectors as a small segment's, scores exact at float16, a narrow filter scored over every list."""
+    vectors as a small segment's, scores exact at float16; a filter's passages scored exactly, read
+    one by one or by scanning the lists that hold them."""
     import imr_llm.index.segments as segments
     from imr_llm.core.filters import Filters
     from imr_llm.index import Index
@@ -165,6 +167,12 @@ def test_a_large_segment_searches_its_lists(records, tmp_path, monkeypatch):
 
     _index(tmp_path / "flat", records, monkeypatch, 1)
     monkeypatch.setattr(segments, "IVF_MIN", 100)
+    if filtered == "lists scanned":
+        monkeypatch.setattr(segments, "EXACT_FEW", 0)
+        monkeypatch.setattr(segments, "SCAN_LISTS_MAX", 10**6)
+        calls = []
+        real = segments.Segment._scan_lists
+        monkeypatch.setattr(segments.Segment, "_scan_lists", lambda self, *a: calls.append(1) or real(self, *a))
     _index(tmp_path / "ivf", records, monkeypatch, 1)
     seg = Index(tmp_path / "ivf", embedder=None).segments()[0]
     assert seg.ivf and not (seg.dir / "vectors.f16").exists() and (seg.dir / "ivf.faiss").exists()
@@ -182,7 +190,14 @@ def test_a_large_segment_searches_its_lists(records, tmp_path, monkeypatch):
         m = f.facet_mask(seg.facets())
         exact = np.where(m, vecs @ qv[0], -np.inf)
         want = [int(seg.rowids[i]) for i in np.argsort(-exact)[:5]]
-        assert [rid for _, rid, _ in r.dense(qv, 5, r._masks(f))] == want  # every list scored: exact
+        assert [rid for _, rid, _ in r.dense(qv, 5, r._masks(f))] == want  # every allowed passage scored: exact
+        f = Filters.of(decision="Upheld")
+        exact = np.where(f.facet_mask(seg.facets()), vecs @ qv[0], -np.inf)
+        got = r.dense(qv, 8, r._masks(f))
+        assert [rid for _, rid, _ in got] == [int(seg.rowids[i]) for i in np.argsort(-exact)[:8]]
+        assert all(abs(sc - exact[pos[rid]]) < 1e-3 for sc, rid, _ in got)
+    if filtered == "lists scanned":
+        assert len(calls) == 6
     ans = r.search("why were physical therapy requests upheld after fusion", k=5)
     assert ans and all(h.row["quote"] for h in ans)
 

@@ -28,6 +28,8 @@ from .problems import IndexProblem
 SEGMENT_MAX = 250_000  # chunks; bounds the build's memory (BM25 tokenises a segment at once)
 IVF_MIN = 62_500  # below this a segment is scanned exactly (and is "small": merged with others)
 EXACT_MAX = 20_000  # a filter leaving fewer chunks than this in a segment: every one of them is scored
+EXACT_FEW = 1_000  # ... read one by one up to this many; above, the lists holding them are scanned whole
+SCAN_LISTS_MAX = 4  # ... when those lists hold at most this many times what a search probes
 MERGE_AT = 8  # this many small segments are merged into one
 
 
@@ -243,6 +245,7 @@ class Segment:
             raise IndexProblem(f"the index segment {d} was written with an unknown BM25 variant; run `imr index --rebuild RECORDS`")
         self._facets: Columns | None = None
         self._search = None
+        self._lists: tuple | None = None  # each passage's inverted list and the lists' sizes, read on first use
         self._tmax = None
 
     def __len__(self) -> int:
@@ -339,6 +342,34 @@ class Segment:
         top = np.argsort(-s, kind="stable")[:n]
         return Scored(s[top], pos[top])
 
+    def _list_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the inverted list of each passage, the size of each list), from the IVF's map of where
+        each vector sits; read once a segment (4 bytes a passage)."""
+        if self._lists is None:
+            import faiss
+
+            ix = self._index()
+            if ix.direct_map.type != faiss.DirectMap.Array:  # a segment written without its map
+                ix.make_direct_map()
+            list_of = (faiss.vector_to_array(ix.direct_map.array) >> 32).astype(np.int32)
+            self._lists = (list_of, np.bincount(list_of, minlength=ix.nlist))
+        return self._lists
+
+    def _scan_lists(self, qv: np.ndarray, lists: np.ndarray, n: int, sel) -> Scored:
+        """Best ``n`` the selector allows in ``lists``, every vector of those lists scored."""
+        import faiss
+
+        ix = self._index()
+        x = np.ascontiguousarray(qv[None, :], dtype=np.float32)
+        keys = np.ascontiguousarray(lists[None, :], dtype=np.int64)
+        coarse = np.ascontiguousarray((ix.quantizer.reconstruct_batch(lists) @ qv)[None, :], dtype=np.float32)
+        D, I = np.empty((1, n), np.float32), np.empty((1, n), np.int64)
+        # the C++ call: faiss's Python wrapper of search_preassigned takes no search parameters
+        ix.search_preassigned_c(1, faiss.swig_ptr(x), n, faiss.swig_ptr(keys), faiss.swig_ptr(coarse), faiss.swig_ptr(D),
+                                faiss.swig_ptr(I), False, faiss.SearchParametersIVF(sel=sel, nprobe=len(lists)))
+        keep = I[0] >= 0
+        return Scored(D[0][keep], I[0][keep])
+
     def _top(self, qv: np.ndarray, n: int, params=None) -> Scored:
         scores, got = self._index().search(qv[None, :].astype(np.float32), min(n, len(self)), params=params)
         keep = got[0] >= 0
@@ -361,7 +392,17 @@ class Segment:
         if not self.ivf:
             return self._top(qv, n, faiss.SearchParameters(sel=sel))
         nlist, nprobe = self.meta["ivf"]["nlist"], self.meta["ivf"]["nprobe"]
-        if len(allowed) <= EXACT_MAX:  # a narrow filter: the allowed vectors themselves, scored exactly
+        if len(allowed) <= EXACT_FEW:  # a narrow filter: the allowed vectors themselves, scored exactly
+            return self._exact(qv, allowed, n)
+        # A filter on what the embedded context names (category, decision) keeps passages that sit
+        # in a few lists: scanning those lists whole, with the filter, scores every allowed passage
+        # (exact) from contiguous pages. One category at 250k passages: 50 lists, 0.9 ms; reading
+        # its 13.7k vectors one by one took 10.9 ms.
+        list_of, sizes = self._list_map()
+        lists = np.flatnonzero(np.bincount(list_of[allowed], minlength=len(sizes)))
+        if sizes[lists].sum() <= SCAN_LISTS_MAX * len(self) * nprobe / nlist:
+            return self._scan_lists(qv, lists, min(n, len(allowed)), sel)
+        if len(allowed) <= EXACT_MAX:
             return self._exact(qv, allowed, n)
         # The lists nearest a question can hold few of the allowed passages (the embedded context
         # names the decision, so lists gather by it): probe four times more lists until n are
