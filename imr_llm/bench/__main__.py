@@ -290,7 +290,8 @@ def bench_dense_recall(data_dir: Path) -> dict:
     qs = np.asarray(r.index.embedder(_ASKS), dtype=np.float32)
     out = {"questions": len(_ASKS), "segments": len(segs), "ivf_segments": sum(1 for s in segs if s.ivf)}
     for name, f in (("unfiltered", None), ("broad", Filters.of(decision="Upheld")),
-                    ("narrow", Filters.of(decision="Overturned", category="acupuncture"))):
+                    ("narrow", Filters.of(decision="Overturned", category="acupuncture")),
+                    ("medium", Filters.of(category="acupuncture"))):
         masks = r._masks(f) if f is not None else {}
         scores: list[list] = [[] for _ in qs]  # per question: the best 50 of each block, (score, rowid)
         for s in segs:
