@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import asyncio
+import contextlib
 import hmac
 import io
 import json
@@ -105,6 +106,21 @@ class _Page:
             sv.idx = Index(self.data_dir, embedder=None)
             sv.stamp, sv.segs, sv.ret = stamp, sv.idx.store.segments(), Retriever(sv.idx)
         return sv.idx, sv.ret
+
+    def warm(self) -> None:
+        """Each asking thread opens the index before the first question (1-2 s at a million
+        letters); an index not there yet, or being built, is left to the first question to say."""
+        gate = threading.Barrier(2, timeout=30)  # one task on each of the two threads
+
+        def one() -> None:
+            try:
+                gate.wait()
+                self.served_index()[1].warm()
+            except Exception:
+                pass
+
+        for _ in range(2):
+            _asking().submit(one)
 
     def answer(self, q: str, k: int, f: Filters | None = None):
         from ..query.answer import ask
@@ -361,8 +377,13 @@ def create_app(data_dir: Path, token: str | None = None, hosts: list[str] | None
               Route("/ask", pg.ask_page), Route("/api/ask", pg.api_ask), Route("/api/stats", pg.api_stats), Route("/api/precedent", pg.api_precedent), Route("/export.{kind:str}", pg.export), Route("/chart/{name:str}.svg", pg.chart),
               Mount("/static", StaticFiles(packages=[("imr_llm.page", "static")]), name="static")]
     allowed = ["*"] if token else list(dict.fromkeys(LOOPBACK_HOSTS + list(hosts or [])))
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        pg.warm()
+        yield
+
     return Starlette(routes=routes, middleware=[Middleware(Guard, token=token), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],
-                     exception_handlers={HTTPException: pg.on_error, Exception: pg.on_error})
+                     exception_handlers={HTTPException: pg.on_error, Exception: pg.on_error}, lifespan=lifespan)
 
 
 def _toggle(params, name: str, value: str) -> str:

@@ -45,6 +45,14 @@ class Retriever:
             self._segs = self.index.segments()
         return self._segs
 
+    def warm(self) -> None:
+        """Open what the first question would (segments, their lists, the embedder): a server does
+        it before anyone asks."""
+        for s in self.segments():
+            if s.dense_ok and len(s) and not self.index.remote_vectors:
+                s._index()
+        self.index.embedder(["warm"])
+
     def _masks(self, filters: Filters | None) -> dict[int, np.ndarray | None]:
         return {s.num: (filters.facet_mask(s.facets()) if filters is not None and filters.active() else None) for s in self.segments()}
 
