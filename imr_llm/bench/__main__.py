@@ -514,6 +514,11 @@ def disk_breakdown(index_dir: Path, letters: int) -> dict:
     return {k: round(v / max(1, letters)) for k, v in parts.items()}
 
 
+def pct(v: list[float], q: int) -> float:
+    """The q-th percentile of ``v``, rounded to 0.1."""
+    return round(statistics.quantiles(v, n=100)[q - 1], 1)
+
+
 def bench_retrieval(data_dir: Path, queries: int = 200) -> dict:
     """p50/p95 of ``Retriever.search`` (embed the query, dense + BM25, fuse, diversity), warm."""
     from ..core.filters import Filters
@@ -533,9 +538,6 @@ def bench_retrieval(data_dir: Path, queries: int = 200) -> dict:
             r.search(qs[i % len(qs)] + f" {i}", k=8, filters=filters)
             out.append((time.perf_counter() - t) * 1000)
         return out
-
-    def pct(v, q):
-        return round(statistics.quantiles(v, n=100)[q - 1], 1)
 
     unf = timed(None)
     broad = timed(Filters.of(decision="Upheld"))  # ~85% of chunks
@@ -639,9 +641,6 @@ def bench_served(data_dir: Path, queries: int = 200, clients: int = 4) -> dict:
         first_s = time.monotonic() - t
         for i in range(1, 4):
             one(i, {})
-
-        def pct(v, q):
-            return round(statistics.quantiles(v, n=100)[q - 1], 1)
 
         out = {"first_answer_ms": round(first, 1), "first_answer_s": round(first_s, 2)}
         for name, extra in (("unfiltered", {}), ("broad_filter", {"decision": "Upheld"}),

@@ -29,7 +29,6 @@ def ask(
     from ..query.answer import AnswerError, ask as run_ask
     from ..core.filters import FilterError, Filters
     from ..index import Index, IndexProblem
-    from .render import render
 
     if question is not None and not question.strip():
         die("the question is empty (omit it for an interactive session)")
@@ -53,20 +52,26 @@ def ask(
         die(str(e))
     provider = start_provider(s)
 
-    def one(q: str) -> None:
+    def one(q: str):
         try:
-            res = run_ask(idx, q, k=k, filters=f, provider=provider, model_label=s.label)
+            return run_ask(idx, q, k=k, filters=f, provider=provider, model_label=s.label)
         except (IndexProblem, FilterError, AnswerError) as e:
             die(str(e))
+
+    _session(question, one, as_json)
+
+
+def _session(question: str | None, answer, as_json: bool) -> None:
+    """``answer(question)`` shown (JSON or rich) for the question given, or for each one typed."""
+    from .render import render
+
+    def one(q: str) -> None:
+        res = answer(q)
         if as_json:
             print(json.dumps(res.to_dict(), indent=2))
         else:
             render(res)
 
-    _session(question, one)
-
-
-def _session(question: str | None, one) -> None:
     if question:
         one(question)
         return
@@ -84,21 +89,16 @@ def _session(question: str | None, one) -> None:
 def _remote(s, question: str | None, k: int, options: dict, model: str | None, as_json: bool) -> None:
     """IMR_SERVER_URL: the index lives with an `imr serve`; it answers (extractively) from there."""
     from ..query.remote import RemoteError, remote_ask
-    from .render import render
 
     url = s.env.server_url
     if model:
         die(f"--model: {url} answers from its own index without a model here; unset IMR_SERVER_URL to write the answer with {model}")
     token = s.env.serve_secret()
 
-    def one(q: str) -> None:
+    def one(q: str):
         try:
-            res = remote_ask(url, token, q, k, options, timeout=s.env.timeout, local_only=s.local_only)
+            return remote_ask(url, token, q, k, options, timeout=s.env.timeout, local_only=s.local_only)
         except RemoteError as e:
             die(str(e))
-        if as_json:
-            print(json.dumps(res.to_dict(), indent=2))
-        else:
-            render(res)
 
-    _session(question, one)
+    _session(question, one, as_json)

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from ..core.filters import FIELDS, Cond, FilterError, Filters
 from .highlight import kind_of, letter_segments
 from ..index import Index, IndexProblem
+from ..query.answer import MAX_QUESTION
 from ..query.remote import MAX_K, OPTIONS, YES_NO
 from ..core.models import CSV_COLUMNS, DecisionRecord, csv_rows, output_line
 
@@ -66,6 +67,24 @@ def selection(params) -> Filters:
 
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+def _yes(v: str | None) -> bool:
+    return (v or "").lower() in ("1", "true", "yes")
+
+
+async def _api(fn, *args) -> Response:
+    """``fn(*args)`` on an asking thread, as JSON: a refused question or filter is 400 with its
+    reason, an index that cannot be read 503."""
+    from ..query.answer import AnswerError
+
+    try:
+        res = await asyncio.get_running_loop().run_in_executor(_asking(), fn, *args)
+    except (FilterError, AnswerError, ValueError) as e:
+        return JSONResponse({"error": str(e)}, 400)
+    except IndexProblem as e:
+        return JSONResponse({"error": str(e)}, 503)
+    return JSONResponse(res)
 
 
 def _asking():
@@ -147,38 +166,25 @@ class _Page:
         qp = request.query_params
         req = (qp.get("request") or "").strip()
         try:
-            if not req or len(req) > 2000:
-                raise ValueError("give the request as text, up to 2,000 characters: /api/precedent?request=...")
+            if not req or len(req) > MAX_QUESTION:
+                raise ValueError(f"give the request as text, up to {MAX_QUESTION:,} characters: /api/precedent?request=...")
             k = int(qp.get("k") or 5)
             if not 1 <= k <= 50:
                 raise ValueError(f"k={k}: letters are 1 to 50")
-            yes = [(qp.get(n) or "").lower() in ("1", "true", "yes") for n in ("after_surgery", "fusion")]
-            res = await asyncio.get_running_loop().run_in_executor(_asking(), self.precedent, req, *yes, qp.getlist("region"), k)
-        except (FilterError, ValueError) as e:
+        except ValueError as e:
             return JSONResponse({"error": str(e)}, 400)
-        except IndexProblem as e:
-            return JSONResponse({"error": str(e)}, 503)
-        return JSONResponse(res)
+        return await _api(self.precedent, req, _yes(qp.get("after_surgery")), _yes(qp.get("fusion")), qp.getlist("region"), k)
 
     async def api_stats(self, request: Request) -> Response:
         """``/api/stats?query=...&by=...&filter=...``: `imr stats --json`'s result (what `imr stats`
         shows with IMR_SERVER_URL)."""
         qp = request.query_params
-        try:
-            res = await asyncio.get_running_loop().run_in_executor(
-                _asking(), self.stats, (qp.get("query") or "").strip() or None, qp.getlist("by"), qp.get("filter"))
-        except (FilterError, ValueError) as e:
-            return JSONResponse({"error": str(e)}, 400)
-        except IndexProblem as e:
-            return JSONResponse({"error": str(e)}, 503)
-        return JSONResponse(res)
+        return await _api(self.stats, (qp.get("query") or "").strip() or None, qp.getlist("by"), qp.get("filter"))
 
     async def api_ask(self, request: Request) -> Response:
         """``/api/ask?q=...``: `imr ask --json`'s answer (what `imr ask` shows with IMR_SERVER_URL);
         options as `imr ask` takes them (k, decision, category, region, drug_class, after_surgery,
         fusion, outside_ca, partial, filter)."""
-        from ..query.answer import AnswerError
-
         qp = request.query_params
         q = (qp.get("q") or "").strip()
         if not q:
@@ -193,14 +199,11 @@ class _Page:
                 if len(got) > 1:
                     raise ValueError(f"{n} is given {len(got)} times; give it once (several values: filter={n}=a|b)")
                 if got and got[0]:
-                    given[n] = got[0].lower() in ("1", "true", "yes") if n in YES_NO else got[0]
+                    given[n] = _yes(got[0]) if n in YES_NO else got[0]
             f = Filters.of_options(**given)
-            res = await asyncio.get_running_loop().run_in_executor(_asking(), self.answer, q, k, f)
-        except (FilterError, AnswerError, ValueError) as e:
+        except (FilterError, ValueError) as e:
             return JSONResponse({"error": str(e)}, 400)
-        except IndexProblem as e:
-            return JSONResponse({"error": str(e)}, 503)
-        return JSONResponse(res.to_dict())
+        return await _api(lambda: self.answer(q, k, f).to_dict())
 
     def facets(self, idx: Index) -> dict | None:
         """items.npz, reloaded when the index is rebuilt (its folder is swapped)."""
