@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from imr_llm.cli import app
 from imr_llm.extract.assemble import analyse, assemble
 from imr_llm.core.ground import check_evidence
+from imr_llm.core.filters import row_values
 from imr_llm.core.load import read_letter
 
 from .conftest import LETTERS
@@ -184,3 +185,32 @@ def test_ask_filters_and_counts_with_the_new_fields():
     out = runner.invoke(app, ["ask", "How many requests were overturned?", "--drug-class", "opioid", "--json"])
     ans = json.loads(out.output)
     assert ans["count"] == sum(1 for it in items if it["drug_class"] == "opioid" and it["decision"] == "Overturned")
+
+
+SURGERIES = {  # the hand-checked gold of evals/gold, as (procedure, region, date); quotes checked at their offsets
+    "r016_CM16-0234202": [("closed reduction and percutaneous pinning", "wrist", "2016-11-09")],
+    "r071_CM16-0249726": [("exploratory laparotomy with a colon resection", None, None)],
+    "r142_CM17-0011703": [("lumbar spine surgery", "lumbar", None), ("anterior cervical fusion", "cervical", None)],
+    "r173_CM17-0016761": [("repair", "hand", "2016-10-22")],
+    "r153_CM17-0013587": [],  # "no pericardial effusion": no fusion
+    "r169_CM17-0015957": [],  # "joint effusion"; the arthroscopy is what the letter requests
+    "r118_CM17-0008479": [],  # "previously underwent acupuncture": not an operation
+}
+
+
+@pytest.mark.parametrize("name", sorted(SURGERIES))
+def test_surgeries_in_real_case_summaries(name):
+    rec, letter = record(LETTERS / f"{name}.pdf")
+    assert [(s.procedure, s.body_region, s.date) for s in rec.surgeries] == SURGERIES[name]
+    gold = json.loads((GOLD / f"{name}.json").read_text())["surgeries"]
+    assert {(s.date or "", s.body_region or "") for s in rec.surgeries} == {(g["date"] or "", g["body_region"] or "") for g in gold}
+    assert not check_evidence(rec, letter.text)
+    for i, s in enumerate(rec.surgeries):
+        ev = {e.field: e for e in rec.evidence if e.field.startswith(f"surgeries[{i}].")}
+        p = ev[f"surgeries[{i}].procedure"]
+        assert re.sub(r"\s+", " ", letter.text[p.start:p.end]) == s.procedure
+        if s.date:
+            d = ev[f"surgeries[{i}].date"]
+            assert letter.text[d.start:d.end] in ("11-9-2016", "10-22-16")
+    row = row_values(rec, 0)
+    assert row["had_surgery"] == bool(SURGERIES[name]) and row["had_fusion"] == (name == "r142_CM17-0011703")

@@ -159,7 +159,7 @@ REGIONS = [
     ("sacral", r"sacr(?:al|um|oiliac)|\bSI\s+joint"),
     ("shoulder", r"shoulders?|rotator\s+cuff"),
     ("elbow", r"elbows?"),
-    ("wrist", r"wrists?|carpal"),
+    ("wrist", r"wrists?|carpal|distal\s+radi(?:us|al)"),  # a distal radius fracture is a wrist fracture
     ("hand", r"\bhands?\b|fingers?|thumbs?"),
     ("hip", r"\bhips?\b"),
     ("knee", r"\bknees?\b(?!\s+(?:scooter|walker))|menisc\w*"),
@@ -298,7 +298,7 @@ MONTHS = {m: i + 1 for i, m in enumerate(
 MONTHS.update({k[:3]: v for k, v in list(MONTHS.items())})
 MONTHS["sept"] = 9
 DATE_RE = re.compile(
-    r"\b(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4}|\d{2})\b"
+    r"\b(?P<m>\d{1,2})(?P<sep>[/-])(?P<d>\d{1,2})(?P=sep)(?P<y>\d{4}|\d{2})\b(?!-\d)"  # 11/9/2016, 11-9-2016 (DWC letters write both)
     r"|\b(?P<y2>\d{4})-(?P<m2>\d{2})-(?P<d2>\d{2})\b"
     r"|\b(?P<mn>Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?\s+(?P<d3>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<y3>\d{4})\b",
     re.IGNORECASE,

@@ -152,17 +152,24 @@ _TREAT_LIST = re.compile(
     r"(?:(?:previous|prior|past)\s+treatments?|treatments?\s+to\s+date|treatment\s+history)\s+(?:has\s+|have\s+|had\s+)?(?:include[sd]?|consisted\s+of|to\s+date\s+(?:has\s+)?include[sd]?)\s*:?\s*(?P<v>.+?)\.(?=\s+[A-Z]|[A-Z][a-z]|\s*$|\s*\n)",
     re.IGNORECASE)
 _LIST_SPLIT = re.compile(r",(?!\s*\d{4}\b)\s*(?:and\s+|or\s+)?|;\s*(?:and\s+)?")
-_KW = ("fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|"
-       "release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement")
-_KW_RE = re.compile(_KW, re.IGNORECASE)
+_KW = (r"fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|"
+       r"release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement|laparotomy|resection|"
+       r"(?:open|operative|closed)\s+reduction(?:\s+(?:and|with))?\s+(?:internal\s+fixation|percutaneous\s+pinning)|internal\s+fixation|"
+       r"(?:spine|back|neck|knee|shoulder|hip|wrist|hand|elbow|ankle|foot)\s+surger(?:y|ies)")
+_KW_RE = re.compile(rf"\b(?:{_KW})\b", re.IGNORECASE)  # whole words: "effusion" is no fusion
 _PROC = re.compile(
-    r"(?P<proc>(?:(?:anterior|posterior|lateral|interbody|single|one|two|three|multi|\w+-level|level|spinal|lumbar|cervical|thoracic|"
+    r"(?P<proc>\b(?:(?:anterior|posterior|lateral|interbody|single|one|two|three|multi|\w+-level|level|spinal|lumbar|cervical|thoracic|"
     r"right|left|bilateral|total|partial|knee|hip|shoulder|decompression|and|[CLT]\d{1,2}-[CLTS]?\d{1,2}|arthroscopic|open|carpal|tunnel|"
-    r"rotator|cuff|meniscal|anterior\s+cruciate|lumbosacral)[\s-]+){0,6}"
-    + rf"(?:{_KW})(?:\s+and\s+(?:\w+\s+){{0,2}}?(?:{_KW}))?(?:\s+surgery)?)", re.IGNORECASE)
+    r"rotator|cuff|meniscal|anterior\s+cruciate|lumbosacral|exploratory|revision)[\s-]+){0,6}"
+    + rf"(?:{_KW})\b(?:\s+(?:and|with)\s+(?:\w+\s+){{0,2}}?(?:{_KW})\b)?(?:\s+of\s+the\s+(?:\w+\s+){{0,2}}?nerve)?(?:\s+surgery)?)", re.IGNORECASE)
 _PROC_HINTS = ("fusion", "ectomy", "otomy", "plasty", "repair", "release", "reconstruction", "arthroscop", "orif", "acdf",
-               "decompression", "debridement", "replacement")
+               "decompression", "debridement", "replacement", "resection", "fixation", "pinning", "surger")
 _PAST = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|\bhad\b|history\s+of|performed|following|prior|previous|earlier|included", re.IGNORECASE)
+# a past operation named right after one of these; a planned or requested one after these
+_DONE = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|history\s+of", re.IGNORECASE)
+_PLANNED = re.compile(r"request|recommend|treatment\s+plan|\bplan(?:s|ned)?\b|schedul|candidate|to\s+be\s+performed|pending|propos|"
+                      r"consider|authoriz|certif|denied|\bdeny|would\s+benefit|await|future|\bwill\b|\bmay\b|should|indicated\s+for", re.IGNORECASE)
+_SAME_DAY = re.compile(r"(?:\s+of\s+the\s+[^,.;]{1,60}?)?\s+on\s+the\s+same\s+day", re.IGNORECASE)
 _LEVEL = re.compile(r"\b(?P<a>[CLT]\d{1,2})\s*(?:-|to|through)\s*(?P<b>[CLTS]?\d{1,2})\b")
 # a period ends a sentence before a space, the end, or a glued capitalised word ("2009.Medical")
 _SENT = re.compile(r"(?:[^.]|\.(?!\s|$|[A-Z][a-z]))+(?:\.|$)")
@@ -226,6 +233,24 @@ def _list_parts(v: str, off: int) -> list[tuple[str, int, int]]:
     return parts
 
 
+def _date_after(sent: str, end: int, off: int) -> tuple[str, int, int] | None:
+    """The date an operation ending at ``end`` was done on, as the sentence states it right after
+    ("fusion on 5/21/2014", "pinning of the right radius fracture on 11-9-2016", "... on the same
+    day" as the one date before it), with its span shifted by ``off``."""
+    after = sent[end:]
+    dm = re.match(r"\s*(?:surgery\s+)?(?:at\s+[^,.]{1,30}?\s+)?(?:of\s+(?:the\s+)?[^,.;]{1,60}?\s+)?(?:on|dated)\s+", after)
+    if dm and not _KW_RE.search(after, 0, dm.end()):  # not another operation's date
+        d2 = lx.DATE_RE.match(after, dm.end())
+        if d2 and lx.parse_date(d2):
+            return lx.parse_date(d2), off + end + d2.start(), off + end + d2.end()
+    if _SAME_DAY.match(after):
+        before = lx.dates_in(sent[:end])
+        if len(before) == 1:
+            iso, a, b = before[0]
+            return iso, off + a, off + b
+    return None
+
+
 def _surgeries(t: str, base: int) -> list[Fact]:
     found: list[dict] = []
     low = t.lower()
@@ -236,23 +261,23 @@ def _surgeries(t: str, base: int) -> list[Fact]:
         ls = sent.lower()
         if not any(k in ls for k in _PROC_HINTS):
             continue
-        if not _PAST.search(sent) and "surgery on" not in ls:
-            continue
+        past = bool(_PAST.search(sent)) or "surgery on" in ls or "there was" in ls
+        planned = bool(_PLANNED.search(sent))
         for pm in _PROC.finditer(sent):
             proc = pm.group("proc").strip()
             proc = re.sub(r"^(?:and|level)\s+", "", proc, flags=re.IGNORECASE)
-            if proc.lower() in ("decompression", "release", "repair", "replacement") and not re.search(r"surgery|status post|underw", sent, re.I):
-                continue
             local = sent.index(proc, pm.start("proc"))
             ps = sm.start() + local
             key = _KW_RE.findall(proc)[-1].lower()  # the head noun: "decompression and fusion" -> fusion
-            after = sent[pm.end():]
-            d = None
-            dm = re.match(r"\s*(?:surgery\s+)?(?:at\s+[^,.]{1,30}?\s+)?(?:on|dated|in)\s+", after)
-            if dm:
-                d2 = lx.DATE_RE.match(after, dm.end())
-                if d2 and lx.parse_date(d2):
-                    d = (lx.parse_date(d2), sm.start() + pm.end() + d2.start(), sm.start() + pm.end() + d2.end())
+            d = _date_after(sent, pm.end(), sm.start())
+            # "status post X" / "underwent X": done, unless a plan comes between; otherwise a past
+            # sentence (or a dated operation) that plans or requests nothing
+            done = list(_DONE.finditer(sent, 0, local))
+            if not (done and not _PLANNED.search(sent, done[-1].end(), local)) and (planned or not (past or d)):
+                continue
+            if proc.lower() in ("decompression", "release", "repair", "replacement", "resection") and not (
+                    d or re.search(r"surgery|status post|underw", sent, re.I)):
+                continue
             lv = _LEVEL.search(sent)
             level = None
             if lv:
