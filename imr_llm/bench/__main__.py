@@ -588,6 +588,58 @@ def bench_retrieval_process(data_dir: Path, queries: int = 200) -> dict:
     return {**json.loads(p.stdout.strip().splitlines()[-1]), "max_rss_mb": m["peak_rss_mb"], "memory": m}
 
 
+def wide_index(data_dir: Path, work: Path, letters: int, have: int) -> Path:
+    """An index folder with the segments of ``data_dir`` (``have`` letters) and copies of them under
+    new numbers until it holds the chunks of ``letters`` letters: the per-segment work of retrieval
+    at that scale (the segment count, the files' pages), measured without building a larger corpus.
+    The copies' passages point at rows of the original segments, so retrieval drops what they find
+    (answers can differ: the copies crowd out candidates); latency and memory are what this measures."""
+    import sqlite3
+
+    from ..index.segments import seg_dir
+    from ..index.store import Store
+
+    src, wide = data_dir / "index", work / "index-wide"
+    shutil.rmtree(wide, ignore_errors=True)
+    (wide / "index" / "segments").mkdir(parents=True)
+    with sqlite3.connect(src / "store.sqlite") as a, sqlite3.connect(wide / "index" / "store.sqlite") as b:
+        a.backup(b)  # a consistent copy of the store
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("store.sqlite"):
+            shutil.copy2(f, wide / "index" / f.name)
+    st = Store(wide / "index" / "store.sqlite")
+    segs = st.segments()
+    for num, _ in segs:  # the originals: hard links (read-only here)
+        d = seg_dir(wide / "index", num)
+        d.mkdir()
+        for f in seg_dir(src, num).iterdir():
+            os.link(f, d / f.name)
+    total, target, nxt, i = sum(c for _, c in segs), round(sum(c for _, c in segs) * letters / have), max(n for n, _ in segs) + 1, 0
+    while total < target:  # the copies: real copies, so their pages are their own in the cache
+        num, chunks = segs[i % len(segs)]
+        shutil.copytree(seg_dir(src, num), seg_dir(wide / "index", nxt))
+        st.add_segment(nxt, chunks)
+        total, nxt, i = total + chunks, nxt + 1, i + 1
+    st.db.commit()
+    st.db.close()
+    return wide
+
+
+def bench_wide(data_dir: Path, work: Path, letters: int, have: int) -> dict:
+    """Retrieval (warm, its own process) over ``wide_index``: ``letters`` letters' worth of segments."""
+    wide = wide_index(data_dir, work, letters, have)
+    from ..index.store import Store
+
+    st = Store(wide / "index" / "store.sqlite")
+    segs = st.segments()
+    st.db.close()
+    bench_retrieval_process(wide, 50)  # a first pass to bring the copies' pages in, as a long-running reader has them
+    out = {"letters_equivalent": letters, "segments": len(segs), "chunks": sum(c for _, c in segs),
+           "segment_files_mb": round(sum(f.stat().st_size for f in (wide / "index" / "segments").rglob("*") if f.is_file()) / 1e6, 1)}
+    out.update(bench_retrieval_process(wide))
+    return out
+
+
 def bench_served(data_dir: Path, queries: int = 200, clients: int = 4) -> dict:
     """The team path: a real `imr serve` (its own process, token set) on 127.0.0.1 over ``data_dir``,
     asked through ``/api/ask`` as `imr ask` does with IMR_SERVER_URL: p50/p95 of whole answers
@@ -974,6 +1026,13 @@ class _Run:
                      f"p95 {r['clients4_p95_ms']} ms, {r['clients4_answers_per_s']}/s", "p95 <= 100 ms")
             self.row("14 imr serve peak memory, first answer", f"{r['server_peak_rss_mb']} MB, {r['first_answer_s']} s", "<= 2,048 MB")
             self.save()
+        if "wide" in self.steps:
+            r = self.results["wide"] = bench_wide(data, self.work, self.a.wide_letters, self.a.n)
+            self.row(f"14 retrieval p95 at {r['letters_equivalent']:,} letters' segments ({r['segments']}, {r['chunks']:,} chunks): "
+                     "unfiltered / broad / narrow / medium",
+                     f"{r['unfiltered_p95_ms']} / {r['broad_filter_p95_ms']} / {r['narrow_filter_p95_ms']} / {r['medium_filter_p95_ms']} ms, "
+                     f"peak {r['max_rss_mb']} MB", "p95 <= 100 ms")
+            self.save()
         if "stats-index" in self.steps:
             from ..index.store import Store
 
@@ -1012,7 +1071,7 @@ def cmd_run(a) -> None:
         r.tokens()
     if r.steps & {"extract", "rerun"}:
         r.through_server()
-    if r.steps & {"index", "recall", "retrieval", "ask", "add", "stats-index", "chroma", "chroma-recall", "serve", "hnsw"}:
+    if r.steps & {"index", "recall", "retrieval", "ask", "add", "stats-index", "chroma", "chroma-recall", "serve", "hnsw", "wide"}:
         r.index()
     if "stats" in r.steps:
         r.stats()
@@ -1045,6 +1104,8 @@ def main() -> None:
     r.add_argument("--reuse", action="store_true", help="keep a finished first full run in --work and only re-run")
     r.add_argument("--stats-items", type=int, default=1_000_000, help="items in the store for the stats/page step")
     r.add_argument("--add-letters", type=int, default=10_000, help="letters added to the built index (step add)")
+    r.add_argument("--wide-letters", type=int, default=1_800_000,
+                   help="step wide: retrieval over the index's segments and copies of them, as many as this many letters have")
     r.add_argument("--chroma-letters", type=int, default=100_000, help="letters indexed through a Chroma server (step chroma)")
     r.add_argument("--hnsw", default="16/100,32/200", help="M/ef_construction settings of step hnsw (needs chroma-hnswlib)")
     nv = sub.add_parser("naive", help="accuracy and tokens of the naive one-call baseline vs imr extract")
