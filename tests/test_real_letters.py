@@ -192,6 +192,8 @@ SURGERIES = {  # the hand-checked gold of evals/gold, as (procedure, region, dat
     "r071_CM16-0249726": [("exploratory laparotomy with a colon resection", None, None)],
     "r142_CM17-0011703": [("lumbar spine surgery", "lumbar", None), ("anterior cervical fusion", "cervical", None)],
     "r173_CM17-0016761": [("repair", "hand", "2016-10-22")],
+    "r164_CM17-0015218": [("open reduction internal fixation", "wrist", "2016-12-13"),  # a retrospective request: done on its DOS
+                          ("open carpal tunnel release", "wrist", "2016-12-13")],
     "r153_CM17-0013587": [],  # "no pericardial effusion": no fusion
     "r169_CM17-0015957": [],  # "joint effusion"; the arthroscopy is what the letter requests
     "r118_CM17-0008479": [],  # "previously underwent acupuncture": not an operation
@@ -211,6 +213,6 @@ def test_surgeries_in_real_case_summaries(name):
         assert re.sub(r"\s+", " ", letter.text[p.start:p.end]) == s.procedure
         if s.date:
             d = ev[f"surgeries[{i}].date"]
-            assert letter.text[d.start:d.end] in ("11-9-2016", "10-22-16")
+            assert letter.text[d.start:d.end] in ("11-9-2016", "10-22-16", "12-13-2016")
     row = row_values(rec, 0)
     assert row["had_surgery"] == bool(SURGERIES[name]) and row["had_fusion"] == (name == "r142_CM17-0011703")

@@ -169,6 +169,8 @@ _PAST = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|\bhad\b|histor
 _DONE = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|history\s+of", re.IGNORECASE)
 _PLANNED = re.compile(r"request|recommend|treatment\s+plan|\bplan(?:s|ned)?\b|schedul|candidate|to\s+be\s+performed|pending|propos|"
                       r"consider|authoriz|certif|denied|\bdeny|would\s+benefit|await|future|\bwill\b|\bmay\b|should|indicated\s+for", re.IGNORECASE)
+# a retrospective request names its date of service: what it asks about was done ("... release (DOS 12-13-2016)")
+_DOS = re.compile(r"\bDOS\s*:?\s*(?=\d)")
 _SAME_DAY = re.compile(r"(?:\s+of\s+the\s+[^,.;]{1,60}?)?\s+on\s+the\s+same\s+day", re.IGNORECASE)
 _LEVEL = re.compile(r"\b(?P<a>[CLT]\d{1,2})\s*(?:-|to|through)\s*(?P<b>[CLTS]?\d{1,2})\b")
 # a period ends a sentence before a space, the end, or a glued capitalised word ("2009.Medical")
@@ -273,7 +275,10 @@ def _surgeries(t: str, base: int) -> list[Fact]:
             # "status post X" / "underwent X": done, unless a plan comes between; otherwise a past
             # sentence (or a dated operation) that plans or requests nothing
             done = list(_DONE.finditer(sent, 0, local))
-            if not (done and not _PLANNED.search(sent, done[-1].end(), local)) and (planned or not (past or d)):
+            dos = _DOS.search(sent)
+            if dos and (dd := lx.DATE_RE.match(sent, dos.end())) and lx.parse_date(dd):
+                d = d or (lx.parse_date(dd), sm.start() + dd.start(), sm.start() + dd.end())
+            elif not (done and not _PLANNED.search(sent, done[-1].end(), local)) and (planned or not (past or d)):
                 continue
             if proc.lower() in ("decompression", "release", "repair", "replacement", "resection") and not (
                     d or re.search(r"surgery|status post|underw", sent, re.I)):
