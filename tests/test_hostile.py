@@ -122,9 +122,15 @@ def _extract_one(name: str, text: str) -> tuple[int, dict | None, str]:
 def test_impossible_and_contradictory_dates_are_flagged_with_the_quote():
     t = _r005()
     for bad in ("02/30/2016", "13/45/2016", "00/00/0000"):
-        code, rec, _ = _extract_one("d.txt", t.replace("10/14/2016", bad, 1))
+        code, rec, _ = _extract_one("d.txt", t.replace("10/14/2016", bad, 1).replace("injury on 10-14-2016", "injury", 1))
         assert code == 0 and rec["date_of_injury"] is None
-        assert any(f.startswith("impossible_date: date_of_injury") and bad in f for f in rec["flags"]), rec["flags"]
+        assert any(f.startswith("impossible_date: date_of_injury") and bad in f and "(left empty)" in f for f in rec["flags"]), rec["flags"]
+    # the summary states it again ("sustained an industrial injury on 10-14-2016"): that statement is the value
+    code, rec, _ = _extract_one("d2.txt", t.replace("10/14/2016", "02/30/2016", 1))
+    assert rec["date_of_injury"] == "2016-10-14"
+    ev = next(e for e in rec["evidence"] if e["field"] == "date_of_injury")
+    assert ev["quote"] == "industrial injury on 10-14-2016" and ev["status"] == "exact"
+    assert any(f.startswith("impossible_date: date_of_injury '02/30/2016'") and "kept: 2016-10-14" in f for f in rec["flags"])
     code, rec, _ = _extract_one("o.txt", t.replace("Date of Injury:  10/14/2016", "Date of Injury:  01/14/2017", 1))
     assert any(f.startswith("date_order: the date of injury 2017-01-14") for f in rec["flags"])
     code, rec, _ = _extract_one("f.txt", t.replace("Decision Date: 12/30/2016", "Decision Date: 12/30/2099", 1))

@@ -96,7 +96,9 @@ def assemble(letter: Letter, lay: Layout, llm: LLMExtraction | None = None, usag
             flags.append("no_rationale: the letter states its decisions without a rationale section")
         elif feat.startswith("impossible_date:"):
             _, name, quote = feat.split(":", 2)
-            flags.append(f"impossible_date: {name} {quote!r} is not a calendar date (left empty)")
+            kept = asm.data.get(name)  # the letter may state the date again, readably ("injury on 10-14-2016")
+            flags.append(f"impossible_date: {name} {quote!r} is not a calendar date " +
+                         (f"(the letter's other statement of it is kept: {kept})" if kept else "(left empty)"))
         elif feat == "no_final_period":
             flags.append("no_final_period: the last rationale ends without a period but states its conclusion; check the letter's end")
     flags += [f"input: {n}" for n in letter.notes] + _sanity_flags(asm.data)
