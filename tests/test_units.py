@@ -284,3 +284,23 @@ def test_review_findings_stay_fixed():
     assert args == ["%physical\\_medicine%"] and "ESCAPE" in where
     assert not Filters.of(specialty="physical_medicine").match({"specialties": "|Physical Medicine|"})
     assert lx.quantity("ESI L4-5 times 2")[0] == 2 and lx.frequency("ESI at L4-5 x 2") is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("He had an L4-L5 fusion on May 21, 2014.", [("L4-L5 fusion", "lumbar", "2014-05-21")]),  # "May" is the month here
+    ("The MRI showed a small joint effusion. He had prior knee surgery.", [("knee surgery", "knee", None)]),
+    ("The patient may be a candidate for a lumbar fusion.", []),
+    ("The treatment plan included a request for an arthroscopy of the left knee.", []),
+    ("The requested arthroscopy (DOS 1/5/2017) was performed.", [("arthroscopy", None, "2017-01-05")]),
+    ("He fell on 3/2/2016 and underwent surgery for open reduction and internal fixation of the ankle on the same day.",
+     [("open reduction and internal fixation", "ankle", "2016-03-02")]),
+    ("She is status post right shoulder rotator cuff repair.", [("right shoulder rotator cuff repair", "shoulder", None)]),
+])
+def test_surgeries_read_from_a_summary(text, expected):
+    from imr_llm.core.rules import _surgeries
+
+    got = [f.value for f in _surgeries(text, 0)]
+    assert [(g["value"]["procedure"], g["value"]["body_region"], g["value"]["date"]) for g in got] == expected
+    for g in got:  # every value's span is its words in the text
+        a, b = g["spans"]["procedure"]
+        assert text[a:b] == g["value"]["procedure"]

@@ -168,7 +168,7 @@ _PAST = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|\bhad\b|histor
 # a past operation named right after one of these; a planned or requested one after these
 _DONE = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|history\s+of", re.IGNORECASE)
 _PLANNED = re.compile(r"request|recommend|treatment\s+plan|\bplan(?:s|ned)?\b|schedul|candidate|to\s+be\s+performed|pending|propos|"
-                      r"consider|authoriz|certif|denied|\bdeny|would\s+benefit|await|future|\bwill\b|\bmay\b|should|indicated\s+for", re.IGNORECASE)
+                      r"consider|authoriz|certif|denied|\bdeny|would\s+benefit|await|future|\bwill\b|(?-i:\bmay\b)|should|indicated\s+for", re.IGNORECASE)
 # a retrospective request names its date of service: what it asks about was done ("... release (DOS 12-13-2016)")
 _DOS = re.compile(r"\bDOS\s*:?\s*(?=\d)")
 _SAME_DAY = re.compile(r"(?:\s+of\s+the\s+[^,.;]{1,60}?)?\s+on\s+the\s+same\s+day", re.IGNORECASE)
