@@ -295,12 +295,54 @@ def test_review_findings_stay_fixed():
     ("He fell on 3/2/2016 and underwent surgery for open reduction and internal fixation of the ankle on the same day.",
      [("open reduction and internal fixation", "ankle", "2016-03-02")]),
     ("She is status post right shoulder rotator cuff repair.", [("right shoulder rotator cuff repair", "shoulder", None)]),
+    # a review's adversarial cases (2026-12-02): each was wrong at some point
+    ("He had a right shoulder arthroscopy in 2014.", [("right shoulder arthroscopy", "shoulder", None)]),  # "should" is a plan word
+    ("Prior surgeries include a right shoulder rotator cuff repair and left knee meniscectomy.",
+     [("right shoulder rotator cuff repair", "shoulder", None), ("left knee meniscectomy", "knee", None)]),
+    ("Treatment has included physical therapy, depending on symptoms, and prior lumbar fusion.", [("lumbar fusion", "lumbar", None)]),
+    ("He has a history of two lumbar fusions.", [("two lumbar fusions", "lumbar", None)]),
+    ("He is status post bilateral carpal tunnel releases in 2014.", [("bilateral carpal tunnel releases", "wrist", None)]),
+    ("The patient has a history of low back pain, for which an L4-5 decompression and fusion was requested.", []),
+    ("He is status post a fall at work, and an L5-S1 fusion has been recommended.", []),
+    ("The injured worker underwent an MRI; right knee arthroscopy was advised.", []),
+    ("He underwent a right knee arthroscopy in 2014, and a total knee replacement is now recommended.",
+     [("right knee arthroscopy", "knee", None)]),
+    ("He had a knee arthroscopy on 3/4/2015 and was then considered for a total knee replacement.",
+     [("knee arthroscopy", "knee", "2015-03-04")]),
+    ("He underwent the requested right knee arthroscopy on 12/1/2016.", [("right knee arthroscopy", "knee", "2016-12-01")]),
+    ("The request is for 12 sessions of physical therapy following a right shoulder arthroscopy performed on 10/4/2016.",
+     [("right shoulder arthroscopy", "shoulder", "2016-10-04")]),
+    ("He followed up with hand surgery on 12/1/2016.", []),
+    ("He had a spine surgery consultation on 5/1/2016.", []),
+    ("He denies prior knee surgery.", []),
+    ("He has never undergone a lumbar fusion.", []),
+    ("He had no relief after the lumbar fusion.", [("lumbar fusion", "lumbar", None)]),
+    ("He underwent lumbar fusion on 11/9/16-11/12/16.", [("lumbar fusion", "lumbar", "2016-11-09")]),
+    ("He underwent a fusion at L4-5 and was seen in follow up on 3/2/2016.", [("fusion", "lumbar", None)]),
+    ("Treatment included myofascial release on 5/5/2016 and 6/1/2016.", []),
+    ("She is s/p left carpal tunnel release; right carpal tunnel release is pending.", [("left carpal tunnel release", "wrist", None)]),
+    ("He underwent left knee arthroscopy in 2010 and right knee arthroscopy in 2014.",
+     [("left knee arthroscopy", "knee", None), ("right knee arthroscopy", "knee", None)]),
+    ("He is status-post L4-5 TLIF on 3/3/2016.", [("L4-5 TLIF", "lumbar", "2016-03-03")]),
+    ("Retrospective request for Norco 10/325mg (DOS 1/5/2017) following lumbar fusion.", [("lumbar fusion", "lumbar", None)]),
 ])
 def test_surgeries_read_from_a_summary(text, expected):
-    from imr_llm.core.rules import _surgeries
+    from imr_llm.core.surgeries import FUSION, surgeries
 
-    got = [f.value for f in _surgeries(text, 0)]
+    got = surgeries(text, 0)
     assert [(g["value"]["procedure"], g["value"]["body_region"], g["value"]["date"]) for g in got] == expected
     for g in got:  # every value's span is its words in the text
         a, b = g["spans"]["procedure"]
         assert text[a:b] == g["value"]["procedure"]
+        if g["value"]["date"]:
+            a, b = g["spans"]["date"]
+            assert lx.dates_in(text[a:b])[0][0] == g["value"]["date"]
+    assert FUSION.search("L4-5 TLIF") and FUSION.search("ACDF") and not FUSION.search("small joint effusion")
+
+
+@pytest.mark.parametrize("text, dates", [
+    ("on 11-9-2016.", ["2016-11-09"]), ("repair on 10-22-16", ["2016-10-22"]), ("12/1/2016-12/5/2016", ["2016-12-01", "2016-12-05"]),
+    ("12-13-2016-01-05-2017", []), ("L4-5-S1", []), ("6-8-12 weeks", []), ("take 1-2-16 tabs", []), ("2016-12-01", ["2016-12-01"]),
+])
+def test_dates_written_with_hyphens(text, dates):
+    assert [d for d, _, _ in lx.dates_in(text)] == dates

@@ -20,6 +20,7 @@ from . import dwc
 from .drugs import DRUG_CLASSES
 from .dwc import DWC_CATEGORIES
 from .lexicon import CATEGORY_NAMES, REGION_NAMES, US_STATE_NAMES
+from .surgeries import FUSION
 
 
 @dataclass(frozen=True)
@@ -286,9 +287,6 @@ class Filters:
         return {"conditions": [c.to_dict() for c in self.conds], "sentence": self.describe()}
 
 
-_FUSION = re.compile(r"\bfusions?\b", re.IGNORECASE)  # not "effusion"
-
-
 def row_values(rec, item_index: int) -> dict[str, Any]:
     """Every filter column of one disputed item (``item_index`` -1: letter-level values only)."""
     surg = rec.surgeries
@@ -296,7 +294,7 @@ def row_values(rec, item_index: int) -> dict[str, Any]:
     row: dict[str, Any] = {
         "letter_id": rec.letter_id, "decision_date": rec.decision_date or "", "date_of_injury": rec.date_of_injury or "",
         "ur_denial_date": rec.ur_denial_date or "", "age": rec.claimant.age, "n_items": len(rec.items),
-        "had_surgery": int(bool(surg)), "had_fusion": int(any(_FUSION.search(x.procedure) for x in surg)),
+        "had_surgery": int(bool(surg)), "had_fusion": int(any(FUSION.search(x.procedure) for x in surg)),
         "specialties": "|" + "|".join(rec.reviewer.specialties) + "|",
         "dwc_specialties": "|" + "|".join(getattr(rec.reviewer, "dwc_specialties", None) or []) + "|",
         "case_outcome": getattr(rec, "case_outcome", None) or "",

@@ -298,8 +298,9 @@ MONTHS = {m: i + 1 for i, m in enumerate(
 MONTHS.update({k[:3]: v for k, v in list(MONTHS.items())})
 MONTHS["sept"] = 9
 DATE_RE = re.compile(
-    r"\b(?P<m>\d{1,2})(?P<sep>[/-])(?P<d>\d{1,2})(?P=sep)(?P<y>\d{4}|\d{2})\b(?!-\d)"  # 11/9/2016, 11-9-2016 (DWC letters write both)
-    r"|\b(?P<y2>\d{4})-(?P<m2>\d{2})-(?P<d2>\d{2})\b"
+    r"\b(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4}|\d{2})\b"
+    r"|(?<![\d-])(?P<mh>\d{1,2})-(?P<dh>\d{1,2})-(?P<yh>\d{4}|\d{2})\b(?!-\d|\s*(?:weeks?|days?|months?|visits?|sessions?|times|tab\w*)\b)"  # 11-9-2016 (DWC letters write both); not in a run of numbers
+    r"|(?<![\d/-])(?P<y2>\d{4})-(?P<m2>\d{2})-(?P<d2>\d{2})\b(?![-/]\d)"
     r"|\b(?P<mn>Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?\s+(?P<d3>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<y3>\d{4})\b",
     re.IGNORECASE,
 )
@@ -309,10 +310,11 @@ def parse_date(m: re.Match) -> str | None:
     """ISO date from a ``DATE_RE`` match; None when impossible (e.g. 13/45/2014)."""
     g = m.groupdict()
     try:
-        if g["m"]:
-            y = int(g["y"])
+        if g["m"] or g["mh"]:
+            m, d, y = (g["m"], g["d"], g["y"]) if g["m"] else (g["mh"], g["dh"], g["yh"])
+            y = int(y)
             y = y + (2000 if y < 50 else 1900) if y < 100 else y
-            return date(y, int(g["m"]), int(g["d"])).isoformat()
+            return date(y, int(m), int(d)).isoformat()
         if g["y2"]:
             return date(int(g["y2"]), int(g["m2"]), int(g["d2"])).isoformat()
         return date(int(g["y3"]), MONTHS[g["mn"].lower().rstrip(".")], int(g["d3"])).isoformat()

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import drugs, dwc, lexicon as lx
 from .segment import Layout, Span
+from .surgeries import surgeries
 
 
 @dataclass
@@ -152,29 +153,6 @@ _TREAT_LIST = re.compile(
     r"(?:(?:previous|prior|past)\s+treatments?|treatments?\s+to\s+date|treatment\s+history)\s+(?:has\s+|have\s+|had\s+)?(?:include[sd]?|consisted\s+of|to\s+date\s+(?:has\s+)?include[sd]?)\s*:?\s*(?P<v>.+?)\.(?=\s+[A-Z]|[A-Z][a-z]|\s*$|\s*\n)",
     re.IGNORECASE)
 _LIST_SPLIT = re.compile(r",(?!\s*\d{4}\b)\s*(?:and\s+|or\s+)?|;\s*(?:and\s+)?")
-_KW = (r"fusion|laminectomy|hemilaminectomy|laminotomy|discectomy|microdiscectomy|foraminotomy|arthroplasty|replacement|repair|"
-       r"release|reconstruction|meniscectomy|arthroscopy|ORIF|ACDF|decompression|debridement|laparotomy|resection|"
-       r"(?:open|operative|closed)\s+reduction(?:\s+(?:and|with))?\s+(?:internal\s+fixation|percutaneous\s+pinning)|internal\s+fixation|"
-       r"(?:spine|back|neck|knee|shoulder|hip|wrist|hand|elbow|ankle|foot)\s+surger(?:y|ies)")
-_KW_RE = re.compile(rf"\b(?:{_KW})\b", re.IGNORECASE)  # whole words: "effusion" is no fusion
-_PROC = re.compile(
-    r"(?P<proc>\b(?:(?:anterior|posterior|lateral|interbody|single|one|two|three|multi|\w+-level|level|spinal|lumbar|cervical|thoracic|"
-    r"right|left|bilateral|total|partial|knee|hip|shoulder|decompression|and|[CLT]\d{1,2}-[CLTS]?\d{1,2}|arthroscopic|open|carpal|tunnel|"
-    r"rotator|cuff|meniscal|anterior\s+cruciate|lumbosacral|exploratory|revision)[\s-]+){0,6}"
-    + rf"(?:{_KW})\b(?:\s+(?:and|with)\s+(?:\w+\s+){{0,2}}?(?:{_KW})\b)?(?:\s+of\s+the\s+(?:\w+\s+){{0,2}}?nerve)?(?:\s+surgery)?)", re.IGNORECASE)
-_PROC_HINTS = ("fusion", "ectomy", "otomy", "plasty", "repair", "release", "reconstruction", "arthroscop", "orif", "acdf",
-               "decompression", "debridement", "replacement", "resection", "fixation", "pinning", "surger")
-_PAST = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|\bhad\b|history\s+of|performed|following|prior|previous|earlier|included", re.IGNORECASE)
-# a past operation named right after one of these; a planned or requested one after these
-_DONE = re.compile(r"status\s+post|\bs/p\b|underw[ea]nt|undergone|history\s+of", re.IGNORECASE)
-_PLANNED = re.compile(r"request|recommend|treatment\s+plan|\bplan(?:s|ned)?\b|schedul|candidate|to\s+be\s+performed|pending|propos|"
-                      r"consider|authoriz|certif|denied|\bdeny|would\s+benefit|await|future|\bwill\b|(?-i:\bmay\b)|should|indicated\s+for", re.IGNORECASE)
-# a retrospective request names its date of service: what it asks about was done ("... release (DOS 12-13-2016)")
-_DOS = re.compile(r"\bDOS\s*:?\s*(?=\d)")
-_SAME_DAY = re.compile(r"(?:\s+of\s+the\s+[^,.;]{1,60}?)?\s+on\s+the\s+same\s+day", re.IGNORECASE)
-_LEVEL = re.compile(r"\b(?P<a>[CLT]\d{1,2})\s*(?:-|to|through)\s*(?P<b>[CLTS]?\d{1,2})\b")
-# a period ends a sentence before a space, the end, or a glued capitalised word ("2009.Medical")
-_SENT = re.compile(r"(?:[^.]|\.(?!\s|$|[A-Z][a-z]))+(?:\.|$)")
 
 
 def _summary_facts(sp: Span, want_doi: bool) -> list[Fact]:
@@ -209,7 +187,7 @@ def _summary_facts(sp: Span, want_doi: bool) -> list[Fact]:
                     continue
                 seen.add(txt.lower())
                 f.append(Fact(key, txt, base + s, base + e))
-    f.extend(_surgeries(t, base))
+    f.extend(Fact("surgeries[]", s) for s in surgeries(t, base))
     return f
 
 
@@ -235,84 +213,3 @@ def _list_parts(v: str, off: int) -> list[tuple[str, int, int]]:
     return parts
 
 
-def _date_after(sent: str, end: int, off: int) -> tuple[str, int, int] | None:
-    """The date an operation ending at ``end`` was done on, as the sentence states it right after
-    ("fusion on 5/21/2014", "pinning of the right radius fracture on 11-9-2016", "... on the same
-    day" as the one date before it), with its span shifted by ``off``."""
-    after = sent[end:]
-    dm = re.match(r"\s*(?:surgery\s+)?(?:at\s+[^,.]{1,30}?\s+)?(?:of\s+(?:the\s+)?[^,.;]{1,60}?\s+)?(?:on|dated)\s+", after)
-    if dm and not _KW_RE.search(after, 0, dm.end()):  # not another operation's date
-        d2 = lx.DATE_RE.match(after, dm.end())
-        if d2 and lx.parse_date(d2):
-            return lx.parse_date(d2), off + end + d2.start(), off + end + d2.end()
-    if _SAME_DAY.match(after):
-        before = lx.dates_in(sent[:end])
-        if len(before) == 1:
-            iso, a, b = before[0]
-            return iso, off + a, off + b
-    return None
-
-
-def _surgeries(t: str, base: int) -> list[Fact]:
-    found: list[dict] = []
-    low = t.lower()
-    if not any(k in low for k in _PROC_HINTS):
-        return []
-    for sm in _SENT.finditer(t):
-        sent = sm.group()
-        ls = sent.lower()
-        if not any(k in ls for k in _PROC_HINTS):
-            continue
-        past = bool(_PAST.search(sent)) or "surgery on" in ls or "there was" in ls
-        planned = bool(_PLANNED.search(sent))
-        for pm in _PROC.finditer(sent):
-            proc = pm.group("proc").strip()
-            proc = re.sub(r"^(?:and|level)\s+", "", proc, flags=re.IGNORECASE)
-            local = sent.index(proc, pm.start("proc"))
-            ps = sm.start() + local
-            key = _KW_RE.findall(proc)[-1].lower()  # the head noun: "decompression and fusion" -> fusion
-            d = _date_after(sent, pm.end(), sm.start())
-            # "status post X" / "underwent X": done, unless a plan comes between; otherwise a past
-            # sentence (or a dated operation) that plans or requests nothing
-            done = list(_DONE.finditer(sent, 0, local))
-            dos = _DOS.search(sent)
-            if dos and (dd := lx.DATE_RE.match(sent, dos.end())) and lx.parse_date(dd):
-                d = d or (lx.parse_date(dd), sm.start() + dd.start(), sm.start() + dd.end())
-            elif not (done and not _PLANNED.search(sent, done[-1].end(), local)) and (planned or not (past or d)):
-                continue
-            if proc.lower() in ("decompression", "release", "repair", "replacement", "resection") and not (
-                    d or re.search(r"surgery|status post|underw", sent, re.I)):
-                continue
-            lv = _LEVEL.search(sent)
-            level = None
-            if lv:
-                b = lv.group("b")
-                b = b if b[0].isalpha() else lv.group("a")[0] + b
-                level = (f"{lv.group('a')}-{b}".upper(), sm.start() + lv.start(), sm.start() + lv.end())
-            in_proc = lx.body_regions(proc)
-            regs, off = (in_proc, ps) if in_proc else (lx.body_regions(sent), sm.start())
-            reg = (regs[0][0], off + regs[0][1], off + regs[0][2]) if regs else None
-            entry = {"key": key, "proc": (proc, ps, ps + len(proc)), "date": d, "level": level, "region": reg}
-            merged = False
-            for prev in found:
-                if prev["key"] != key or (prev["region"] and reg and prev["region"][0] != reg[0]):
-                    continue
-                if prev["date"] and d and prev["date"][0] != d[0]:
-                    continue
-                for k in ("date", "level", "region"):
-                    if prev[k] is None and entry[k] is not None:
-                        prev[k] = entry[k]
-                if len(proc) > len(prev["proc"][0]):
-                    prev["proc"] = entry["proc"]
-                merged = True
-                break
-            if not merged:
-                found.append(entry)
-    out: list[Fact] = []
-    for i, s in enumerate(found):
-        val = {"procedure": s["proc"][0], "body_region": s["region"][0] if s["region"] else None,
-               "level": s["level"][0] if s["level"] else None, "date": s["date"][0] if s["date"] else None}
-        spans = {"procedure": s["proc"][1:], "body_region": s["region"][1:] if s["region"] else None,
-                 "level": s["level"][1:] if s["level"] else None, "date": s["date"][1:] if s["date"] else None}
-        out.append(Fact("surgeries[]", {"value": val, "spans": {k: (base + v[0], base + v[1]) if v else None for k, v in spans.items()}}))
-    return out
