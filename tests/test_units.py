@@ -346,3 +346,14 @@ def test_surgeries_read_from_a_summary(text, expected):
 ])
 def test_dates_written_with_hyphens(text, dates):
     assert [d for d, _, _ in lx.dates_in(text)] == dates
+
+
+def test_a_filter_mask_by_comparisons_equals_the_lookup():
+    from imr_llm.core.filters import _lookup
+
+    rng = np.random.default_rng(3)
+    for vocab in (1, 2, 3, 9, 30, 200):
+        codes = rng.integers(0, vocab, 5000).astype(np.uint8 if vocab < 256 else np.uint16)
+        for _ in range(20):
+            ok = rng.random(vocab) < rng.choice([0.0, 0.05, 0.5, 0.95, 1.0])
+            assert np.array_equal(_lookup(ok, codes), ok[codes]), (vocab, ok)
