@@ -55,7 +55,7 @@ def top_n(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, num_docs: i
                 cand = _allowed(np.flatnonzero(scores >= theta - rest_ub[j]).astype(indices.dtype), mask)
         if cand is None or len(cand) * LOOKUP >= e - s:  # add the whole list up (scores outside cand are unused)
             w = data[s:e] if weights[j] == 1 else data[s:e] * weights[j]
-            np.add.at(scores, indices[s:e], w)
+            scores[indices[s:e]] += w  # a list names a passage once: no np.add.at needed (2x faster)
             if cand is None and e > s and (not probe or _allowed(probe[0], mask).size < n) \
                     and sum(len(p) for p in probe) + e - s <= PROBE_MAX:
                 probe.append(np.asarray(indices[s:e]))  # the shortest list, more only while it has fewer than n
