@@ -322,6 +322,13 @@ def parse_date(m: re.Match) -> str | None:
         return None
 
 
+def date_at(text: str, pos: int) -> tuple[str, int, int] | None:
+    """The date written at ``text[pos:]`` (ISO, start, end), or None when none is or it is impossible."""
+    m = DATE_RE.match(text, pos)
+    iso = parse_date(m) if m else None
+    return (iso, m.start(), m.end()) if iso else None
+
+
 def dates_in(text: str) -> list[tuple[str, int, int]]:
     out = []
     for m in DATE_RE.finditer(text):

@@ -169,9 +169,8 @@ def _summary_facts(sp: Span, want_doi: bool) -> list[Fact]:
             f.append(Fact("claimant.sex", lx.SEX_WORDS[s.group("sex").lower()], base + s.start(), base + s.end()))
     if want_doi:
         for inj in lx.INJURY_DATE.finditer(t):
-            d = lx.DATE_RE.match(t, inj.end())
-            if d and lx.parse_date(d):
-                f.append(Fact("date_of_injury", lx.parse_date(d), base + inj.start(), base + d.end()))
+            if d := lx.date_at(t, inj.end()):
+                f.append(Fact("date_of_injury", d[0], base + inj.start(), base + d[2]))
                 break
     seen: set[str] = set()
     low = t.lower()

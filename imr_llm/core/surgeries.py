@@ -65,9 +65,8 @@ def _date_after(sent: str, end: int, off: int) -> tuple[str, int, int] | None:
     after = sent[end:]
     dm = _DATE_LEAD.match(after)
     if dm and not _KW_RE.search(after, 0, dm.end()):  # not another operation's date
-        d2 = lx.DATE_RE.match(after, dm.end())
-        if d2 and lx.parse_date(d2):
-            return lx.parse_date(d2), off + end + d2.start(), off + end + d2.end()
+        if d := lx.date_at(after, dm.end()):
+            return d[0], off + end + d[1], off + end + d[2]
     if _SAME_DAY.match(after):
         before = lx.dates_in(sent[:end])
         if len(before) == 1:
@@ -88,9 +87,8 @@ def _dos_date(sent: str, end: int, off: int) -> tuple[str, int, int] | None:
     for m in _DOS.finditer(sent, end):
         if m.start() - end > 120 or ";" in sent[end:m.start()]:
             return None
-        d = lx.DATE_RE.match(sent, m.end())
-        if d and lx.parse_date(d):
-            return lx.parse_date(d), off + d.start(), off + d.end()
+        if d := lx.date_at(sent, m.end()):
+            return d[0], off + d[1], off + d[2]
     return None
 
 
@@ -128,8 +126,8 @@ def surgeries(t: str, base: int) -> list[dict]:
             proc = re.sub(r"^(?:and|level)\s+", "", proc, flags=re.IGNORECASE)
             local = sent.index(proc, pm.start("proc"))
             end = local + len(proc)
-            if _NOT_SURGERY_BEFORE.search(sent, 0, local) or _NOT_SURGERY_AFTER.match(sent, end) or \
-                    re.search(r"\b(?:to|with|by|from)\s+$", sent[max(0, local - 6):local], re.IGNORECASE) and "surger" in proc.lower():
+            if _NOT_SURGERY_BEFORE.search(sent, 0, local) or _NOT_SURGERY_AFTER.match(sent, end) or (
+                    "surger" in proc.lower() and re.search(r"\b(?:to|with|by|from)\s+$", sent[max(0, local - 6):local], re.IGNORECASE)):
                 continue
             ps = sm.start() + local
             key = _KW_RE.findall(proc)[-1].lower().rstrip("s")  # the head noun: "decompression and fusion" -> fusion
