@@ -286,6 +286,40 @@ def test_review_findings_stay_fixed():
     assert lx.quantity("ESI L4-5 times 2")[0] == 2 and lx.frequency("ESI at L4-5 x 2") is None
 
 
+@pytest.mark.parametrize("question, conds, unused", [
+    # the claimant's history, said as whom the request is for (read as category surgery before 2026-12-02)
+    ("How many requests were from claimants with a fusion?", {("fusion", (), False)}, []),
+    ("How many PT requests from patients with a lumbar fusion were upheld?",
+     {("fusion", (), False), ("category", ("physical_therapy",), False), ("decision", ("Upheld",), False)}, ["lumbar"]),
+    ("How many requests from lumbar fusion patients?", {("fusion", (), False)}, ["lumbar"]),
+    ("How many requests from surgical patients were upheld?", {("after_surgery", (), False), ("decision", ("Upheld",), False)}, []),
+    ("How many requests from claimants with back surgery?", {("after_surgery", (), False)}, ["back"]),
+    ("How many requests from claimants with no surgery?", {("after_surgery", (), True)}, []),
+    ("How many requests from claimants who have undergone a fusion?", {("fusion", (), False)}, []),
+    ("How many surgery requests from claimants without prior surgery were overturned?",
+     {("after_surgery", (), True), ("category", ("surgery",), False), ("decision", ("Overturned",), False)}, []),
+    # a request, not a history
+    ("How many patients with knee surgery requests?", {("category", ("surgery",), False), ("region", ("knee",), False)}, []),
+    ("How many PT requests were upheld after spinal fusion surgery?",
+     {("fusion", (), False), ("category", ("physical_therapy",), False), ("decision", ("Upheld",), False)}, ["spinal"]),
+])
+def test_surgery_history_in_questions(question, conds, unused):
+    from imr_llm.core.question import read
+
+    r = read(question)
+    assert {(c.field, c.values, c.negate) for c in r.filters.conds} == conds
+    assert r.unused == unused  # a region said of the history cannot filter it: the sentence says so
+
+
+def test_a_procedure_word_read_as_its_category_says_so():
+    from imr_llm.core.question import read
+
+    r = read("How many fusion requests were upheld?")
+    assert {(c.field, c.values) for c in r.filters.conds} == {("category", ("surgery",)), ("decision", ("Upheld",))}
+    assert r.broadened == [("fusion", "surgery")] and "'fusion' is read as every surgery request" in r.sentence()
+    assert read("How many surgery requests were upheld?").broadened == []
+
+
 @pytest.mark.parametrize("text, expected", [
     ("He had an L4-L5 fusion on May 21, 2014.", [("L4-L5 fusion", "lumbar", "2014-05-21")]),  # "May" is the month here
     ("The MRI showed a small joint effusion. He had prior knee surgery.", [("knee surgery", "knee", None)]),

@@ -30,6 +30,7 @@ class Reading:
     group_by: list[str] = field(default_factory=list)  # stats: the table's rows
     measures: str | None = None  # stats: "rate" (share overturned) or "top" (most frequent values)
     refused: str | None = None  # why the question cannot be answered as asked
+    broadened: list[tuple[str, str]] = field(default_factory=list)  # (word, category) read as the whole category
 
     def sentence(self) -> str:
         what = {"count": "Counting disputed items", "list": "Listing disputed items", "why": "Searching the reasons of disputed items",
@@ -37,13 +38,17 @@ class Reading:
                 }[self.mode]
         conds = self.filters.describe()
         s = f"{what} {conds}" if self.filters.active() else f"{what} (no filter: all of them)"
+        if self.broadened:
+            s += "".join(f". {w!r} is read as every {c.replace('_', ' ')} request (requests are not filtered by procedure or drug name)"
+                         for w, c in self.broadened)
         if self.unused:
             s += f". Not used from the question: {', '.join(repr(w) for w in self.unused)}"
         return s + "."
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "group_by": self.group_by, "filters": self.filters.to_dict(), "unused_words": self.unused,
-                "sentence": self.sentence(), "refused": self.refused}
+                "sentence": self.sentence(), "refused": self.refused,
+                "broadened": [{"word": w, "category": c} for w, c in self.broadened]}
 
 
 # --- vocabularies ---------------------------------------------------------------------------------
@@ -131,7 +136,7 @@ how many much which what who whom whose why when where that this these those the
 your show list give tell count number all any some each every per than then so such only just also please decisions decision
 letters letter items item requests request cases case disputed dispute services service treatment treatments came come made
 reviewers reviewer reviewed imr find get total were was ones one answer results matching match about did getting
-claimant claimants patient patients worker workers applicant applicants employee employees people person""".split())
+claimant claimants patient patients worker workers injured applicant applicants employee employees people person""".split())
 
 
 # --- the reader -------------------------------------------------------------------------------------
@@ -140,6 +145,8 @@ class _Marks:
     def __init__(self, text: str):
         self.text = text
         self.used = [False] * len(text)
+        self.unread: list[str] = []  # words consumed by a phrase that could not apply them
+        self.broad: list[tuple[str, str]] = []  # (word, category): a word read as its whole category
 
     def free(self, s: int, e: int) -> bool:
         return not any(self.used[s:e])
@@ -153,7 +160,7 @@ class _Marks:
         for m in re.finditer(r"[A-Za-z][A-Za-z'-]*|\d+", self.text):
             if self.free(m.start(), m.end()) and m.group().lower() not in _STOP and len(m.group()) > 1:
                 out.append(m.group())
-        return out
+        return out + [w for w in self.unread if w not in out]
 
 
 def _negated(text: str, start: int) -> tuple[bool, int]:
@@ -219,7 +226,9 @@ def read(question: str, latest: str | None = None) -> Reading:
         refused = (f"I could not read a filter in this question (not understood: {', '.join(unused)}); "
                    "nothing was counted. Ask with a decision, category, drug class, body region, reviewer licence "
                    "or specialty, date, quantity, or partial authorization.")
-    return Reading(question, mode, f, unused, group_by=group_by, measures=measures, refused=refused)
+    cats = {v for c in f.conds if c.field == "category" for v in c.values}
+    broad = list(dict.fromkeys((w, c) for w, c in marks.broad if c in cats))
+    return Reading(question, mode, f, unused, group_by=group_by, measures=measures, refused=refused, broadened=broad)
 
 
 _BY = [
@@ -340,20 +349,56 @@ def _specialty(text: str, marks: _Marks, f: Filters) -> None:
     _add_groups(f, marks, "specialty", hits)
 
 
+_PEOPLE = r"(?:claimants?|patients?|(?:injured\s+)?workers?|employees?|applicants?|people|persons?|individuals?|cases)"
+_OPERATION = r"(?P<what>fusions?|surger(?:y|ies)|surgical|operations?|operative|op)\b(?:\s+(?:surger(?:y|ies)|operations?))?"
+# A qualifier between the cue and the operation ("after a lumbar fusion"): the history has no region
+# or procedure to filter on, so such words are reported as not used rather than silently dropped.
+_QUALIFIERS = r"(?:\w+[\s-]+){0,3}?"
+_HISTORY_RES = [
+    re.compile(r"\b(?:after|following|post[- ]?|status\s+post|s/p|with\s+(?:a\s+)?(?:prior|previous|history\s+of)|"
+               r"who\s+(?:had|underwent)|(?:have|has)\s+undergone|underwent|had\s+(?:a\s+|an\s+)?(?:prior\s+|previous\s+)?|"
+               r"history\s+of|without\s+(?:a\s+|any\s+)?(?:prior\s+)?|"
+               r"no\s+(?:prior\s+|previous\s+)?|never\s+had\s+(?:a\s+)?)\s*" + _QUALIFIERS + _OPERATION, I),
+    # "claimants with a fusion", "patients with back surgery": whom the request is for, not what it asks
+    re.compile(rf"\b{_PEOPLE}\s+with\s+(?:an?\s+)?" + _QUALIFIERS + _OPERATION + r"(?!\s+requests?\b)", I),
+    # "fusion patients", "post-surgical claimants" (a qualifier in front is taken by _qualified)
+    re.compile(r"\b(?:post[- ]?)?" + _OPERATION + rf"\s+{_PEOPLE}\b", I),
+]
+_QUALIFIER_WORD = re.compile(r"(?:spinal|spine|back|neck|single|multi\w*|one|two|three|\w+-level|[LCT]\d[-/][LCST]?\d|"
+                             r"anterior|posterior|lateral|interbody|open|arthroscopic|prior|previous|past|earlier)$", I)
+
+
+def _qualified(text: str, start: int) -> int:
+    """Where the qualifiers just before ``start`` begin ("lumbar spinal fusion patients")."""
+    while True:
+        m = re.search(r"([A-Za-z0-9/-]+)\s+$", text[:start])
+        if not m or not (_QUALIFIER_WORD.match(m.group(1)) or any(rx.fullmatch(m.group(1)) for _, rx in lx._REGION_RES)):
+            return start
+        start = m.start()
+_NOT_QUALIFIERS = {"a", "an", "the", "prior", "previous", "earlier", "past", "any", "history", "of", "with", "who", "had",
+                   "have", "has", "undergone", "underwent", "after", "following", "post", "status", "no", "without", "never"}
+
+
 def _surgery(text: str, marks: _Marks, f: Filters) -> None:
-    rx = re.compile(r"\b(?:after|following|post[- ]?|status\s+post|s/p|with\s+(?:a\s+)?(?:prior|previous|history\s+of)|"
-                    r"who\s+(?:had|underwent)|had\s+(?:a\s+|an\s+)?(?:prior\s+|previous\s+)?|history\s+of|without\s+(?:a\s+|any\s+)?(?:prior\s+)?|"
-                    r"no\s+(?:prior\s+|previous\s+)?|never\s+had\s+(?:a\s+)?)\s*(?:\w+[\s-]+){0,3}?"
-                    r"(?P<what>fusions?|surger(?:y|ies)|surgical|operations?|operative|op)\b(?:\s+(?:surger(?:y|ies)|operations?))?", I)
-    for m in rx.finditer(text):
-        if not marks.free(m.start("what"), m.end("what")):
+    """Surgery in the claimant's history ("after fusion", "claimants with a fusion", "fusion patients",
+    "no prior surgery"); a surgery *request* is a category, read by ``_categories``."""
+    found = sorted({(_qualified(text, m.start()) if rx is _HISTORY_RES[2] else m.start(), m.end(), m.start("what"),
+                     m.end("what"), m.group("what")) for rx in _HISTORY_RES for m in rx.finditer(text)})
+    for start, end, ws, we, what in found:
+        if not marks.free(ws, we):
             continue
-        neg = bool(re.match(r"(?:without|no\b|never)", m.group(), I))
-        pre_neg, ns = _negated(text, m.start())
+        clause = text[start:end]
+        neg = bool(re.match(r"(?:without|no\b|never)", clause, I)) or bool(
+            re.search(r"\bwith\s+(?:no|out)\b", clause, I))
+        pre_neg, ns = _negated(text, start)
         neg = neg or pre_neg
-        field_ = "fusion" if m.group("what").lower().startswith("fusion") else "after_surgery"
-        f.add(Cond(field_, negate=neg, words=text[min(ns, m.start()):m.end()]))
-        marks.mark(min(ns, m.start()), m.end())
+        field_ = "fusion" if what.lower().startswith("fusion") else "after_surgery"
+        f.add(Cond(field_, negate=neg, words=text[min(ns, start):end]))
+        marks.mark(min(ns, start), end)
+        for w in re.finditer(r"[A-Za-z][A-Za-z']*(?:-[A-Za-z']+)*", text[start:ws]):
+            word = w.group().lower()
+            if word not in _NOT_QUALIFIERS and not re.fullmatch(_PEOPLE, word, I) and word not in _STOP:
+                marks.unread.append(w.group())
 
 
 _CMP = [
@@ -567,6 +612,8 @@ def _categories(text: str, marks: _Marks, f: Filters) -> None:
                 if cat == "medication" and re.fullmatch(r"\d.*|#.*", m.group()):
                     continue
                 hits.append((cat, m.start(), m.end()))
+                if not re.search(r"surg|operat", m.group(), I):  # "fusion", "arthroscopy": one kind of the category
+                    marks.broad.append((m.group(), cat))
     dc = f.get("drug_class")
     if dc is not None and not dc.negate:
         hits = [h for h in hits if h[0] != "medication"]  # a class already says medication
