@@ -298,6 +298,30 @@ def test_review_findings_stay_fixed():
     ("How many requests from claimants who have undergone a fusion?", {("fusion", (), False)}, []),
     ("How many surgery requests from claimants without prior surgery were overturned?",
      {("after_surgery", (), True), ("category", ("surgery",), False), ("decision", ("Overturned",), False)}, []),
+    # a review's hostile questions (2026-12-02): each was misread at some point
+    ("How many requests from claimants who had no surgery?", {("after_surgery", (), True)}, []),
+    ("How many patients who haven't had surgery?", {("after_surgery", (), True)}, []),
+    ("How many claimants who did not have surgery?", {("after_surgery", (), True)}, []),
+    ("How many patients who have not undergone a fusion?", {("fusion", (), True)}, []),
+    ("How many nonsurgical claimants?", {("after_surgery", (), True)}, []),
+    ("How many opioid requests after a laminectomy were upheld?",
+     {("after_surgery", (), False), ("drug_class", ("opioid",), False), ("decision", ("Upheld",), False)}, []),
+    ("How many knee replacement patients had PT denied?",
+     {("after_surgery", (), False), ("category", ("physical_therapy",), False), ("decision", ("Upheld",), False)}, ["knee"]),
+    ("How many requests from patients who had surgery in 2019 were denied?",
+     {("after_surgery", (), False), ("decision", ("Upheld",), False)}, ["in 2019"]),  # not the decision date
+    ("How many lumbar MRI requests from patients with a lumbar fusion?",
+     {("fusion", (), False), ("category", ("imaging",), False), ("region", ("lumbar",), False)}, []),
+    ("How many requests from post-surgical patients?", {("after_surgery", (), False)}, []),
+    # not a history: a case is the dispute, a planned operation is a request, post-operative PT is timing
+    ("How many surgery cases were overturned?", {("category", ("surgery",), False), ("decision", ("Overturned",), False)}, []),
+    ("How many patients with a proposed lumbar fusion were upheld?",
+     {("category", ("surgery",), False), ("region", ("lumbar",), False), ("decision", ("Upheld",), False)}, ["proposed"]),
+    ("How many patients with pending surgery had PT denied?",
+     {("category", ("physical_therapy",), False), ("decision", ("Upheld",), False)}, ["pending surgery"]),
+    ("How many post-operative physical therapy requests?", {("category", ("physical_therapy",), False)}, ["post-operative"]),
+    ("How many requests reviewed by a surgeon were overturned?", {("decision", ("Overturned",), False)}, ["surgeon"]),
+    ("How many surgical consultation requests?", {("category", ("consultation",), False)}, ["surgical"]),
     # a request, not a history
     ("How many patients with knee surgery requests?", {("category", ("surgery",), False), ("region", ("knee",), False)}, []),
     ("How many PT requests were upheld after spinal fusion surgery?",
@@ -318,6 +342,9 @@ def test_a_procedure_word_read_as_its_category_says_so():
     assert {(c.field, c.values) for c in r.filters.conds} == {("category", ("surgery",)), ("decision", ("Upheld",))}
     assert r.broadened == [("fusion", "surgery")] and "'fusion' is read as every surgery request" in r.sentence()
     assert read("How many surgery requests were upheld?").broadened == []
+    assert read("How many post-operative cold therapy unit requests?").broadened == []  # only procedure words
+    r = read("What is the overturn rate for claimants with and without surgery?")
+    assert (r.mode, r.group_by, r.filters.conds) == ("stats", ["after_surgery"], [])
 
 
 @pytest.mark.parametrize("text, expected", [

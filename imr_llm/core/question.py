@@ -145,7 +145,7 @@ class _Marks:
     def __init__(self, text: str):
         self.text = text
         self.used = [False] * len(text)
-        self.unread: list[str] = []  # words consumed by a phrase that could not apply them
+        self.unread: list[tuple[str, int, int]] = []  # (words, span of their phrase): consumed, not applied
         self.broad: list[tuple[str, str]] = []  # (word, category): a word read as its whole category
 
     def free(self, s: int, e: int) -> bool:
@@ -160,7 +160,11 @@ class _Marks:
         for m in re.finditer(r"[A-Za-z][A-Za-z'-]*|\d+", self.text):
             if self.free(m.start(), m.end()) and m.group().lower() not in _STOP and len(m.group()) > 1:
                 out.append(m.group())
-        return out + [w for w in self.unread if w not in out]
+        for w, s, e in self.unread:
+            again = [m for m in re.finditer(rf"\b{re.escape(w)}\b", self.text, I) if not s <= m.start() < e]
+            if w not in out and not again:
+                out.append(w)
+        return out
 
 
 def _negated(text: str, start: int) -> tuple[bool, int]:
@@ -240,6 +244,7 @@ _BY = [
     ("guideline_source", r"guidelines?(?:\s+sections?)?|guideline\s+sources?"),
     ("denial_reason", r"(?:denial\s+)?reasons?|grounds"), ("case_outcome", r"(?:case\s+)?outcomes?"),
     ("partial_authorization", r"partial\s+authori[sz]ations?"),
+    ("after_surgery", r"(?:prior|previous|past)\s+surger(?:y|ies)|surg(?:ery|ical)\s+history|history\s+of\s+surgery"),
 ]
 
 
@@ -254,6 +259,10 @@ def _stats(text: str, marks: _Marks) -> tuple[list[str], str | None]:
         measures = "rate"
         marks.mark(m.start(), m.end())
     by: list[str] = []
+    wo = re.search(r"\bwith\s+(?:and|or)\s+without\s+(?:an?\s+|prior\s+|previous\s+)*(?P<w>fusions?|surger(?:y|ies))\b", text, I)
+    if wo:  # "claimants with and without surgery": the two groups side by side
+        by.append("fusion" if wo.group("w").lower().startswith("fusion") else "after_surgery")
+        marks.mark(wo.start(), wo.end())
     for fld, p in _BY:
         for bm in re.finditer(rf"\b(?:by|per|for\s+each|across)\s+(?:the\s+)?(?:{p})\b|"
                               rf"^\s*(?:which|what)\s+(?:{p})\b|\b(?:top|most\s+(?:common|frequent|cited))\s+(?:\d+\s+)?(?:{p})\b", text, I):
@@ -349,23 +358,40 @@ def _specialty(text: str, marks: _Marks, f: Filters) -> None:
     _add_groups(f, marks, "specialty", hits)
 
 
-_PEOPLE = r"(?:claimants?|patients?|(?:injured\s+)?workers?|employees?|applicants?|people|persons?|individuals?|cases)"
-_OPERATION = r"(?P<what>fusions?|surger(?:y|ies)|surgical|operations?|operative|op)\b(?:\s+(?:surger(?:y|ies)|operations?))?"
-# A qualifier between the cue and the operation ("after a lumbar fusion"): the history has no region
-# or procedure to filter on, so such words are reported as not used rather than silently dropped.
-_QUALIFIERS = r"(?:\w+[\s-]+){0,3}?"
+_PEOPLE = r"(?:claimants?|patients?|(?:injured\s+)?workers?|employees?|applicants?|people|persons?|individuals?)"
+# Surgery in the history, named as surgery or as the operation ("after a laminectomy", "patients with a
+# knee replacement"); fusion and arthrodesis are the fusion filter, anything else any past surgery.
+_OPERATION = (r"(?P<what>fusions?|arthrodes[ie]s|surger(?:y|ies)|surgical|operations?|operative|op|laminectom(?:y|ies)|"
+              r"(?:micro)?discectom(?:y|ies)|arthroscop(?:y|ies)|arthroplast(?:y|ies)|(?:joint\s+)?replacements?|"
+              r"(?:rotator\s+cuff\s+|ligament\s+|meniscus\s+)?repairs?|reconstructions?|ORIF|decompressions?|"
+              r"carpal\s+tunnel\s+releases?|\w+ectom(?:y|ies)|\w+otom(?:y|ies)|\w+plast(?:y|ies))\b"
+              r"(?:\s+(?:surger(?:y|ies)|operations?))?(?:\s+syndrome)?")
+_QUALIFIERS = r"(?:[\w/]+[\s-]+){0,3}?"
+_HAD = r"(?:had|have\s+had|has\s+had|underwent|(?:have|has)\s+undergone)"
+_NOT_HAD = (r"(?:did\s+not|didn't|have\s+not|haven't|has\s+not|hasn't|had\s+not|hadn't|never)\s+(?:had|have|undergone|undergo)|"
+            r"(?:had|have|has)\s+(?:had\s+)?no")
 _HISTORY_RES = [
     re.compile(r"\b(?:after|following|post[- ]?|status\s+post|s/p|with\s+(?:a\s+)?(?:prior|previous|history\s+of)|"
-               r"who\s+(?:had|underwent)|(?:have|has)\s+undergone|underwent|had\s+(?:a\s+|an\s+)?(?:prior\s+|previous\s+)?|"
+               rf"(?:who|that)\s+(?:{_NOT_HAD}|{_HAD})|{_NOT_HAD}|{_HAD}\s+(?:a\s+|an\s+)?(?:prior\s+|previous\s+)?|"
                r"history\s+of|without\s+(?:a\s+|any\s+)?(?:prior\s+)?|"
-               r"no\s+(?:prior\s+|previous\s+)?|never\s+had\s+(?:a\s+)?)\s*" + _QUALIFIERS + _OPERATION, I),
+               r"no\s+(?:prior\s+|previous\s+)?)\s*" + _QUALIFIERS + _OPERATION, I),
     # "claimants with a fusion", "patients with back surgery": whom the request is for, not what it asks
-    re.compile(rf"\b{_PEOPLE}\s+with\s+(?:an?\s+)?" + _QUALIFIERS + _OPERATION + r"(?!\s+requests?\b)", I),
-    # "fusion patients", "post-surgical claimants" (a qualifier in front is taken by _qualified)
-    re.compile(r"\b(?:post[- ]?)?" + _OPERATION + rf"\s+{_PEOPLE}\b", I),
+    re.compile(rf"\b{_PEOPLE}\s+with(?:out)?\s+(?:an?\s+|no\s+)?" + _QUALIFIERS + _OPERATION + r"(?!\s+requests?\b)", I),
+    # "fusion patients", "post-laminectomy syndrome claimants", "non-surgical patients" (qualifiers in
+    # front are taken by _qualified)
+    re.compile(r"\b(?:post[- ]?|non[- ]?)?" + _OPERATION + rf"(?:\s+syndrome)?\s+{_PEOPLE}\b", I),
 ]
 _QUALIFIER_WORD = re.compile(r"(?:spinal|spine|back|neck|single|multi\w*|one|two|three|\w+-level|[LCT]\d[-/][LCST]?\d|"
-                             r"anterior|posterior|lateral|interbody|open|arthroscopic|prior|previous|past|earlier)$", I)
+                             r"anterior|posterior|lateral|interbody|open|arthroscopic|prior|previous|past|earlier|failed|"
+                             r"total|partial|left|right|bilateral)$", I)
+# A planned operation is not history ("patients with a requested fusion"); nor is "post-operative PT"
+# (the request names its timing; the operation may be in the same letter's requests).
+_PLANNED = re.compile(r"\b(?:request\w*|propos\w*|recommend\w*|pending|plann\w*|scheduled|upcoming|candidates?|"
+                      r"authori[sz]\w*|future|possible)\b", I)
+_NOT_QUALIFIERS = {"a", "an", "the", "prior", "previous", "earlier", "past", "any", "history", "of", "with", "who", "had",
+                   "have", "has", "undergone", "underwent", "after", "following", "post", "status", "no", "without", "never",
+                   "not", "did", "didn't", "haven't", "hasn't", "hadn't", "that", "s", "p", "non", "one", "two", "three",
+                   "failed", "syndrome"}
 
 
 def _qualified(text: str, start: int) -> int:
@@ -375,30 +401,41 @@ def _qualified(text: str, start: int) -> int:
         if not m or not (_QUALIFIER_WORD.match(m.group(1)) or any(rx.fullmatch(m.group(1)) for _, rx in lx._REGION_RES)):
             return start
         start = m.start()
-_NOT_QUALIFIERS = {"a", "an", "the", "prior", "previous", "earlier", "past", "any", "history", "of", "with", "who", "had",
-                   "have", "has", "undergone", "underwent", "after", "following", "post", "status", "no", "without", "never"}
 
 
 def _surgery(text: str, marks: _Marks, f: Filters) -> None:
     """Surgery in the claimant's history ("after fusion", "claimants with a fusion", "fusion patients",
-    "no prior surgery"); a surgery *request* is a category, read by ``_categories``."""
+    "patients who had no surgery"); a surgery *request* is a category, read by ``_categories``."""
     found = sorted({(_qualified(text, m.start()) if rx is _HISTORY_RES[2] else m.start(), m.end(), m.start("what"),
                      m.end("what"), m.group("what")) for rx in _HISTORY_RES for m in rx.finditer(text)})
     for start, end, ws, we, what in found:
         if not marks.free(ws, we):
             continue
         clause = text[start:end]
-        neg = bool(re.match(r"(?:without|no\b|never)", clause, I)) or bool(
-            re.search(r"\bwith\s+(?:no|out)\b", clause, I))
+        after = text[end:end + 30]
+        if _PLANNED.search(clause) or re.match(r"\s+(?:request\w*|recommend\w*|planned|scheduled|proposed|candidates?)\b", after, I):
+            continue
+        if (re.match(r"post[- ]?(?:operative|op|surgical)\b", clause, I) and not re.search(rf"{_PEOPLE}\s*$", clause, I)
+                and not re.match(rf"\s+{_PEOPLE}\b", after, I)):
+            # "post-operative physical therapy": when the request is for, not the claimant's history
+            marks.mark(start, end)
+            marks.unread.append((clause, start, end))
+            continue
         pre_neg, ns = _negated(text, start)
-        neg = neg or pre_neg
-        field_ = "fusion" if what.lower().startswith("fusion") else "after_surgery"
+        neg = pre_neg or bool(re.search(r"(?:^|\s)(?:no|not|never|without|non)\b|n't\b|^non-?", text[start:ws], I))
+        field_ = "fusion" if re.match(r"fusion|arthrodes", what, I) else "after_surgery"
         f.add(Cond(field_, negate=neg, words=text[min(ns, start):end]))
         marks.mark(min(ns, start), end)
         for w in re.finditer(r"[A-Za-z][A-Za-z']*(?:-[A-Za-z']+)*", text[start:ws]):
             word = w.group().lower()
-            if word not in _NOT_QUALIFIERS and not re.fullmatch(_PEOPLE, word, I) and word not in _STOP:
-                marks.unread.append(w.group())
+            if (word not in _NOT_QUALIFIERS and not re.fullmatch(_PEOPLE, word, I) and word not in _STOP and len(word) > 1
+                    and not re.fullmatch(r"[lcts]\d.*|(?:post|non)-.*", word)):
+                marks.unread.append((w.group(), start, end))
+        # "who had surgery in 2019": the operation's date, which no filter holds (not the decision's)
+        d = re.match(rf"\s*,?\s*(?:in|on|during|since|before|after)\s+(?:(?:{_MONTHS})\.?\s+)?(?:\d{{1,2}},?\s+)?{_YEAR}\b", text[end:], I)
+        if d:
+            marks.mark(end, end + d.end())
+            marks.unread.append((d.group().strip(" ,"), end, end + d.end()))
 
 
 _CMP = [
@@ -614,6 +651,22 @@ def _categories(text: str, marks: _Marks, f: Filters) -> None:
                 hits.append((cat, m.start(), m.end()))
                 if not re.search(r"surg|operat", m.group(), I):  # "fusion", "arthroscopy": one kind of the category
                     marks.broad.append((m.group(), cat))
+    keep = []
+    for h in hits:
+        w, after = text[h[1]:h[2]], text[h[2]:h[2] + 40]
+        if h[0] == "surgery" and re.fullmatch(r"surgeons?", w, I) and not re.search(r"(?:assistant|co-?)\s*$", text[:h[1]], I):
+            continue  # a surgeon reviews or treats; an "assistant surgeon" is requested
+        if h[0] == "surgery" and re.fullmatch(r"surgical", w, I) and any(o[0] != "surgery" and 0 <= o[1] - h[2] <= 1 for o in hits):
+            continue  # "surgical consultation": a consultation
+        plan = re.search(r"\b(?:scheduled|planned|pending|awaiting|candidates?)\s+(?:for\s+)?(?:a\s+)?$", text[:h[1]], I)
+        if h[0] == "surgery" and (plan or re.match(r"\s+candidates?\b", after, I)) and not re.match(r"\s+requests?\b", after, I):
+            s0 = plan.start() if plan else h[1]
+            marks.mark(s0, h[2])
+            marks.unread.append((text[s0:h[2]], s0, h[2]))  # "patients scheduled for surgery": no filter holds plans
+            continue
+        keep.append(h)
+    hits = keep
+    marks.broad = [(w, c) for w, c in marks.broad if c == "surgery"]  # procedure words; drug names have classes
     dc = f.get("drug_class")
     if dc is not None and not dc.negate:
         hits = [h for h in hits if h[0] != "medication"]  # a class already says medication
