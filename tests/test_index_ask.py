@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import socket
 import subprocess
 import time
@@ -145,10 +146,26 @@ def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
         ans = ask_json("why were physical therapy requests upheld after spinal fusion surgery?")
         assert {c["cite_id"] for c in ans["citations"]} == FUSION_LETTERS
         import chromadb
-        col = chromadb.HttpClient(host="127.0.0.1", port=port).get_collection("imr_chunks")
-        assert col.count() > 0
+        import numpy as np
+        client = chromadb.HttpClient(host="127.0.0.1", port=port)
+        names = sorted(c if isinstance(c, str) else c.name for c in client.list_collections())
+        lists = [n for n in names if n.startswith("imr_chunks-l")]
+        assert "imr_chunks-centroids" in names and lists  # inverted lists, one collection each
+        db = sqlite3.connect(Path(os.environ["IMR_DATA_DIR"]) / "index" / "store.sqlite")
+        passages, distinct = db.execute("SELECT count(*), count(DISTINCT vkey) FROM server_vectors").fetchone()
+        assert passages == db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        assert sum(client.get_collection(n).count() for n in lists) == distinct  # each vector once
+        col = client.get_collection(lists[0])
         hnsw = col.configuration_json["hnsw"]  # cosine, searched wider than Chroma's default
         assert hnsw["space"] == "cosine" and hnsw["ef_search"] == 1000
+        # the server's vectors are the passages' own: each scores 1.0 against itself
+        key, vlist, rowid = db.execute("SELECT vkey, vlist, rowid FROM server_vectors LIMIT 1").fetchone()
+        v = np.asarray(client.get_collection(f"imr_chunks-l{vlist:02d}").get(ids=[key], include=["embeddings"])["embeddings"][0])
+        assert abs(float(v @ v) - 1.0) < 1e-2
+        # re-indexing a changed letter replaces its vectors: no passage or vector is left behind
+        res = runner.invoke(app, ["ingest", str(seed_dir)])
+        assert res.exit_code == 0, res.output
+        assert db.execute("SELECT count(*) FROM server_vectors").fetchone()[0] == passages
     finally:
         proc.terminate()
         proc.wait(10)
@@ -227,7 +244,6 @@ def test_terminal_answer_shows_every_citation_marker(tmp_path, monkeypatch, seed
 ])
 def test_facet_masks_select_exactly_what_the_store_selects(indexed, filters):
     """The fast path (facet columns beside the mirror) keeps exactly the chunks the SQL filter keeps."""
-    import sqlite3
 
     import numpy as np
 
@@ -246,3 +262,62 @@ def test_facet_masks_select_exactly_what_the_store_selects(indexed, filters):
     assert chosen == {row[0] for row in store.db.execute(f"SELECT id FROM chunk_rows WHERE {where}", args)}
     hits = r.search("physical therapy functional improvement", k=6, filters=f)
     assert all(f.match(h.row) for h in hits)
+
+
+def test_server_lists_against_a_real_chroma_run(tmp_path, monkeypatch):
+    """The Chroma server's inverted lists: trained centroids, each distinct vector once, search equal
+    to an exact scan when every list is probed, a shared vector kept until its last passage goes."""
+    import sys
+    import numpy as np
+    from imr_llm.index.store import Store
+    from imr_llm.index.vectors import ServerLists, vector_key
+
+    exe = shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        monkeypatch.setenv("IMR_CHROMA_URL", f"http://127.0.0.1:{port}")
+        rng = np.random.default_rng(3)
+        centers = rng.normal(size=(4, 32))
+        v = np.vstack([c + 0.3 * rng.normal(size=(60, 32)) for c in centers])
+        v = np.vstack([v, v[:40]])  # 40 passages embedded the same as earlier ones
+        v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
+        st = Store(tmp_path / "store.sqlite")
+        rowids = list(range(1, len(v) + 1))
+        st.db.executemany("INSERT INTO chunks (rowid, id, letter_id, item, n) VALUES (?,?,?,?,?)",
+                          [(r, f"L{r}:0:0", f"L{r}", 0, 0) for r in rowids])
+        srv = ServerLists(st, "t", "test-embedder", None)
+        srv.train(v)
+        assert len(srv.centroids()) == 240 // 39  # as many lists as the vectors can train
+        srv.add(rowids, v)
+        st.commit()
+        names = [n for n in (c if isinstance(c, str) else c.name for c in srv.client.list_collections()) if n.startswith("t-l")]
+        assert sum(srv.client.get_collection(n).count() for n in names) == 240  # 280 passages, 240 distinct vectors
+        m = v.astype(np.float32)
+        for qi in (0, 70, 130, 239):
+            q = m[qi] + 0.05 * rng.normal(size=32).astype(np.float32)
+            q /= np.linalg.norm(q)
+            got = srv.search(q, 10)
+            ex = m @ q
+            tenth = np.sort(ex)[-10]
+            assert len(got) == 10 and all(ex[int(c[1:].split(":")[0]) - 1] >= tenth - 1e-3 for c in got)
+        key = vector_key(v[0])
+        lst = st.db.execute("SELECT vlist FROM server_vectors WHERE rowid=1").fetchone()[0]
+        col = srv.list_collection(lst)
+        srv.remove([1])  # passage 241 has the same vector: it stays
+        assert col.get(ids=[key])["ids"] == [key]
+        srv.remove([241])
+        assert col.get(ids=[key])["ids"] == [] and srv.passages() == 278
+        ids, mat = srv.vectors_of(["L2:0:0", "L242:0:0"])
+        assert sorted(ids) == ["L242:0:0", "L2:0:0"] and np.allclose(mat[0], mat[1]) and np.allclose(mat[0], m[1], atol=1e-3)
+    finally:
+        proc.terminate()
+        proc.wait(10)

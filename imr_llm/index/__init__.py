@@ -27,14 +27,12 @@ from ..procs import remove_stale
 from .segments import (IVF_MIN, MERGE_AT, SEGMENT_MAX, Columns, Segment, SegmentWriter, add_term_max, load_npz, seg_dir,
                        seg_root)
 from .store import INDEX_FORMAT, Store
-from .vectors import chroma_client
+from .vectors import LISTS, TRAIN_PER_LIST, ServerLists
 
 COLLECTION = "imr_chunks"
 ITEMS_FILE = "items.npz"  # the items table as columns (stats, the page)
 PARALLEL_FROM = 20_000_000  # bytes of records: below this, worker processes cost more than they save
 
-
-SERVER_EF_SEARCH = 1000
 
 
 def index_dir(data_dir: Path) -> Path:
@@ -80,7 +78,7 @@ class Index:
         self.local_only = local_only
         self.remote_vectors = bool(env().chroma_url)  # vectors in a shared Chroma server, not in the segments
         self._embedder = None
-        self._collection = None
+        self._server: ServerLists | None = None
         self._latest: tuple | None = None  # (items' version and file, newest decision date)
         self.identity = want
         if create and self.store.has_table("upgrade_vectors"):
@@ -102,28 +100,26 @@ class Index:
         return self._embedder
 
     @property
-    def collection(self):
-        """The Chroma server's collection (only with ``IMR_CHROMA_URL``)."""
-        if self._collection is None:
-            name = self.store.get_meta("collection") or COLLECTION
+    def server(self) -> ServerLists:
+        """The vectors in the Chroma server (only with ``IMR_CHROMA_URL``)."""
+        if self._server is None:
+            if self.store.get_meta("built") and not self.store.get_meta("server_lists") and \
+                    self.store.db.execute("SELECT 1 FROM chunks LIMIT 1").fetchone():
+                raise IndexProblem(f"the index in {self.dir} keeps no vectors in a Chroma server's lists (built without "
+                                  f"IMR_CHROMA_URL, or by imr-llm 0.4 in one collection): run `imr index --rebuild RECORDS` "
+                                  f"with IMR_CHROMA_URL set")
             try:
-                client = chroma_client(self.dir / "chroma")
-                # ef_search 1,000 (Chroma's default is 100): tie-aware recall@10 0.64 -> 0.72 at 350k
-                # passages for ~1 ms a query (BENCHMARKS.md); a collection made earlier keeps its own
-                self._collection = client.get_or_create_collection(
-                    name, metadata={"embedder": self.identity, "imr_format": INDEX_FORMAT},
-                    configuration={"hnsw": {"space": "cosine", "ef_search": SERVER_EF_SEARCH}},
-                    embedding_function=emb.chroma_function(self.spec))
+                srv = ServerLists(self.store, self.store.get_meta("collection") or COLLECTION, self.identity,
+                                  emb.chroma_function(self.spec))
+                srv.client.heartbeat()
+                srv.centroids()
             except IndexProblem:
                 raise
             except Exception as e:
                 raise IndexProblem(f"the Chroma server at {env().chroma_url} did not answer ({type(e).__name__}: "
                                   f"{str(e)[:120]}); start it (or unset IMR_CHROMA_URL); nothing was changed") from None
-            meta = self._collection.metadata or {}
-            if meta.get("embedder") not in (None, self.identity):
-                raise IndexProblem(f"Chroma collection {COLLECTION!r} holds vectors of {meta.get('embedder')!r}, not {self.identity!r}: "
-                                  f"rebuild with `imr index --rebuild RECORDS`")
-        return self._collection
+            self._server = srv
+        return self._server
 
     def latest_decision(self) -> str | None:
         """The newest decision date (what "this year" means): the first row of ``items.npz``, which
@@ -292,7 +288,7 @@ class _Writer:
         self.waiting: list[tuple[Prepared, list[int]]] = []  # written rows whose chunks need vectors
         self.stats = {"letters": 0, "chunks": 0, "embedded": 0, "deleted": 0, "duplicates": 0, "segments": 0, "written": 0}
         self.uncommitted = 0  # letters written since the last commit
-        self.upserts: list[Prepared] = []  # letters whose vectors go to the Chroma server next
+        self.upserts: list[tuple[Prepared, list[int]]] = []  # passages whose vectors go to the Chroma server next
 
     def run(self, prepared: Iterable[Prepared]) -> dict:
         ix, st = self.ix, self.st
@@ -301,7 +297,7 @@ class _Writer:
                      ("index_format", INDEX_FORMAT)):
             st.set_meta(k, v)
         if ix.remote_vectors:
-            ix.collection  # the server must answer before anything is written
+            ix.server  # the server must answer before anything is written
         items_before = "empty" if not st.db.execute("SELECT 1 FROM items LIMIT 1").fetchone() else st.items_version()
         remove_stale(seg_root(ix.dir), "*.tmp-*")  # left by a killed build (never committed)
         remove_stale(ix.dir, f"{ITEMS_FILE}.tmp-*")
@@ -341,11 +337,12 @@ class _Writer:
             return
         if self.seg is None:
             self.seg = SegmentWriter(self.ix.dir, st.new_segment_number())
+        before = st.chunk_rowids_of(p.letter_id) if self.ix.remote_vectors else []
         rowids, gone = st.put_letter(p, self.seg.num)
         self.stats["written"] += 1
         self.uncommitted += 1
-        if gone and self.ix.remote_vectors:
-            self.ix.collection.delete(ids=gone)
+        if before:
+            self.ix.server.remove(before)
         self.stats["deleted"] += len(gone)
         if p.vectors is None or len(p.vectors) != len(p.chunks):
             self.waiting.append((p, rowids))
@@ -374,26 +371,32 @@ class _Writer:
             return
         self.stats["embedded"] += len(p.chunks)
         if self.ix.remote_vectors:
-            self.upserts.append(p)
-            if sum(len(q.chunks) for q in self.upserts) >= self.batch:
+            self.upserts.append((p, rowids))
+            if sum(len(q.chunks) for q, _ in self.upserts) >= self.batch:
                 self.flush_upserts()
         self.seg.add(rowids, [c.text for c in p.chunks], [c.facets for c in p.chunks],
                      None if self.ix.remote_vectors else p.vectors)
 
-    def flush_upserts(self) -> None:
-        """Vectors to the Chroma server, in batches; the rows that describe them commit after."""
-        if self.upserts:
-            # Filter fields and texts live in the SQLite store; Chroma gets a small metadata set
-            # (measured: full metadata + documents upsert at ~530 chunks/s, this at ~1,800/s).
-            self.ix.collection.upsert(ids=[c.id for p in self.upserts for c in p.chunks],
-                                      embeddings=np.vstack([p.vectors for p in self.upserts]).astype(np.float32).tolist(),
-                                      metadatas=[{"letter_id": p.letter_id, "item": c.item} for p in self.upserts for c in p.chunks])
-            self.upserts = []
+    def flush_upserts(self, last: bool = False) -> None:
+        """Vectors to the Chroma server's lists, in batches; the rows that describe them commit after.
+        The lists' centroids are trained from the first ``LISTS * TRAIN_PER_LIST`` vectors (or all
+        of a smaller first build)."""
+        if not self.upserts:
+            return
+        srv = self.ix.server
+        n = sum(len(p.chunks) for p, _ in self.upserts)
+        vecs = np.vstack([p.vectors for p, _ in self.upserts])
+        if srv.centroids() is None:
+            if n < LISTS * TRAIN_PER_LIST and not last:
+                return  # more to train from
+            srv.train(vecs)
+        srv.add([r for _, rs in self.upserts for r in rs], vecs)
+        self.upserts = []
 
     def commit_segment(self) -> None:
         """The segment's files first, then the rows that point at them, in one commit."""
         self.embed_waiting()
-        self.flush_upserts()
+        self.flush_upserts(last=True)
         if self.seg is None:
             return
         if len(self.seg):

@@ -13,7 +13,7 @@ from ..core.models import DecisionRecord
 from ..procs import remove_stale
 from ..providers import embed as emb
 from . import COLLECTION, Index, index_dir
-from .vectors import forget_clients, check_chroma_server, chroma_client
+from .vectors import check_chroma_server, drop_server_lists, forget_clients
 
 
 class Rebuild:
@@ -55,7 +55,7 @@ class Rebuild:
         shutil.rmtree(old, ignore_errors=True)
         if old_collection and env().chroma_url:
             try:
-                chroma_client(self.final / "chroma").delete_collection(old_collection)
+                drop_server_lists(old_collection)
             except Exception:
                 pass  # the old vectors stay on the server, unused; the new index is complete
 
@@ -63,7 +63,7 @@ class Rebuild:
         self.index.store.db.close()
         if env().chroma_url:
             try:
-                chroma_client(self.new_dir / "chroma").delete_collection(self.index.store.get_meta("collection"))
+                drop_server_lists(self.index.store.get_meta("collection"))
             except Exception:
                 pass
         forget_clients()

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS items ({_cols(ITEM_COLUMNS)}, PRIMARY KEY (letter_id,
 CREATE TABLE IF NOT EXISTS chunks (rowid INTEGER PRIMARY KEY, {_cols(CHUNK_COLUMNS)});
 CREATE INDEX IF NOT EXISTS items_decision ON items(decision, category);
 CREATE TABLE IF NOT EXISTS segments (num INTEGER PRIMARY KEY, chunks INTEGER);
+CREATE TABLE IF NOT EXISTS server_vectors (rowid INTEGER PRIMARY KEY, vkey TEXT, vlist INTEGER);
+CREATE INDEX IF NOT EXISTS server_vectors_key ON server_vectors(vkey);
 """
 
 # A chunk with its filter columns: an item's chunk takes them from its item, a summary chunk keeps
@@ -93,6 +95,10 @@ class Store:
     def chunk_ids_of(self, letter_id: str) -> list[str]:
         # the UNIQUE index on id answers a letter's chunks (ids start "LETTER:"); no index on letter_id
         return [r[0] for r in self.db.execute("SELECT id FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?",
+                                              (letter_id + ":", letter_id + ";", letter_id))]
+
+    def chunk_rowids_of(self, letter_id: str) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT rowid FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?",
                                               (letter_id + ":", letter_id + ";", letter_id))]
 
     def unchanged(self, p: Prepared) -> bool:

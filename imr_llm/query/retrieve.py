@@ -5,8 +5,9 @@ Each segment answers its best passages (exact float16 scores; an IVF picks the c
 segments); the best over all segments are kept, and a passage whose letter was re-indexed into a
 newer segment since is dropped (its row says which segment holds it). Filters: a mask from each
 segment's facet columns restricts both searches in one pass, and the store has the last word on
-every row. With a Chroma server (``IMR_CHROMA_URL``) the dense side asks it instead: filters then
-apply to over-fetched candidates, and when those run dry the allowed chunks are scored directly.
+every row. With a Chroma server (``IMR_CHROMA_URL``) the dense side asks its lists instead
+(``index/vectors.py``): filters then apply to over-fetched candidates, and when those run dry the
+allowed chunks are scored directly.
 """
 from __future__ import annotations
 
@@ -86,27 +87,22 @@ class Retriever:
 
     def _chroma(self, qv: np.ndarray, n: int) -> list[str]:
         try:
-            col = self.index.collection
-            total = col.count()
-            if not total and self.index.store.count():  # the store has passages, Chroma has none: never BM25 alone silently
-                raise ValueError(f"Chroma holds no vectors for the {self.index.store.count()} indexed passages")
-            if not total:
-                return []
-            res = col.query(query_embeddings=qv.tolist(), n_results=min(n, total), include=[])
+            srv = self.index.server
+            if not srv.passages() and self.index.store.count():  # the store has passages, the server none: never BM25 alone silently
+                raise ValueError(f"the Chroma server holds no vectors for the {self.index.store.count()} indexed passages")
+            return srv.search(qv[0], n)
         except IndexProblem:
             raise
         except Exception as e:
             raise IndexProblem(f"the Chroma server's index for {self.index.dir} cannot be searched ({type(e).__name__}: "
                               f"{str(e)[:120]}); run `imr index --rebuild RECORDS`") from None
-        return res["ids"][0]
 
     def dense_among(self, qv: np.ndarray, ids: list[str], n: int) -> list[str]:
-        got = self.index.collection.get(ids=ids, include=["embeddings"])
-        if not got["ids"]:
+        got, m = self.index.server.vectors_of(ids)
+        if not got:
             return []
-        m = np.asarray(got["embeddings"], dtype=np.float32)
-        order = np.argsort(-(m @ qv[0]))[:n]
-        return [got["ids"][i] for i in order]
+        order = np.argsort(-(m @ qv[0]), kind="stable")[:n]
+        return [got[i] for i in order]
 
     def _ids(self, found: list[tuple[float, int, int]], rows: dict[int, dict]) -> list[str]:
         """Chunk ids in rank order, of rows that still point at the segment that found them (a
