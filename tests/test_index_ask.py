@@ -298,6 +298,7 @@ def test_server_lists_against_a_real_chroma_run(tmp_path, monkeypatch):
         srv.train(v)
         assert len(srv.centroids()) == 240 // 39  # as many lists as the vectors can train
         srv.add(rowids, v)
+        srv.send()
         st.commit()
         names = [n for n in (c if isinstance(c, str) else c.name for c in srv.client.list_collections()) if n.startswith("t-l")]
         assert sum(srv.client.get_collection(n).count() for n in names) == 240  # 280 passages, 240 distinct vectors
@@ -313,8 +314,19 @@ def test_server_lists_against_a_real_chroma_run(tmp_path, monkeypatch):
         lst = st.db.execute("SELECT vlist FROM server_vectors WHERE rowid=1").fetchone()[0]
         col = srv.list_collection(lst)
         srv.remove([1])  # passage 241 has the same vector: it stays
+        st.commit()
+        srv.delete_unused()
         assert col.get(ids=[key])["ids"] == [key]
         srv.remove([241])
+        assert col.get(ids=[key])["ids"] == [key]  # until the store commits
+        srv.add([241], v[240:241])  # the same passage again in the same transaction (a changed letter)
+        srv.send()
+        st.commit()
+        srv.delete_unused()
+        assert col.get(ids=[key])["ids"] == [key] and srv.passages() == 279
+        srv.remove([241])
+        st.commit()
+        srv.delete_unused()
         assert col.get(ids=[key])["ids"] == [] and srv.passages() == 278
         ids, mat = srv.vectors_of(["L2:0:0", "L242:0:0"])
         assert sorted(ids) == ["L242:0:0", "L2:0:0"] and np.allclose(mat[0], mat[1]) and np.allclose(mat[0], m[1], atol=1e-3)

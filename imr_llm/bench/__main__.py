@@ -318,52 +318,40 @@ def bench_dense_recall(data_dir: Path) -> dict:
     return out
 
 
-def server_recall(col, local: Path) -> dict:
-    """The server collection's HNSW against an exact scan of the same chunks' vectors (read from
-    ``local``, an index of the same records without a server): recall@10 strict and tie-aware
-    over the bench questions, and the time of a query for 80 neighbours (what search asks)."""
+def server_recall(remote, local: Path) -> dict:
+    """The Chroma server's lists (``remote``: an Index with ``IMR_CHROMA_URL``) against an exact scan
+    of the same passages' vectors (read from ``local``, an index of the same records without a
+    server): recall@10 strict and tie-aware over the bench questions, and the time of the server's
+    dense search for 80 passages (what search asks)."""
     import numpy as np
 
     from ..index import Index
     from ..index.segments import Segment
 
-    ids: list[str] = []
-    total = col.count()
-    for k in range(0, total, 100_000):
-        ids += col.get(include=[], limit=100_000, offset=k)["ids"]
     loc = Index(local, embedder=None)
-    where: dict[int, list[tuple[int, str]]] = {}
-    for k in range(0, len(ids), 900):
-        part_ids = ids[k:k + 900]
-        for cid, rowid, seg_num in loc.store.db.execute(f"SELECT id, rowid, seg FROM chunks WHERE id IN ({','.join('?' * len(part_ids))})", part_ids):
-            where.setdefault(seg_num, []).append((rowid, cid))
+    id_of = dict(loc.store.db.execute("SELECT rowid, id FROM chunks"))
     vid, blocks = [], []
     for seg in (Segment(loc.dir, num, vectors=True) for num, _ in loc.store.segments()):
-        got_here = where.get(seg.num, [])
-        if not got_here:
-            continue
-        rowids = np.asarray(seg.rowids)
-        order = np.argsort(rowids)
-        pos = order[np.searchsorted(rowids[order], [r for r, _ in got_here])]
-        assert np.array_equal(rowids[pos], [r for r, _ in got_here])
-        blocks.append(seg.vectors()[pos])
-        vid += [c for _, c in got_here]
+        blocks.append(seg.vectors()[:])
+        vid += [id_of[int(r)] for r in np.asarray(seg.rowids)]
     mat = np.vstack(blocks).astype(np.float32)
     pos_of = {c: k for k, c in enumerate(vid)}
     strict, ties, lat = [], [], []
+    srv = remote.server
     for q in np.asarray(loc.embedder(_ASKS), dtype=np.float32):
         ex = mat @ q
         order = np.argsort(-ex)
         tenth = ex[order[9]]
         t = time.perf_counter()
-        got = col.query(query_embeddings=[q.tolist()], n_results=80, include=[])["ids"][0][:10]
+        got = srv.search(q, 80)[:10]
         lat.append((time.perf_counter() - t) * 1000)
         strict.append(len(set(got) & {vid[k] for k in order[:10]}) / 10)
-        ties.append(float(np.mean([ex[pos_of[c]] >= tenth - 1e-4 if c in pos_of else False for c in got])))
+        ties.append(float(np.mean([ex[pos_of[c]] >= tenth - 1e-4 if c in pos_of else False for c in got] + [False] * (10 - len(got)))))
     loc.close()
-    return {"server_chunks": total, "compared_chunks": len(vid), "strict_mean": round(float(np.mean(strict)), 3),
-            "tie_aware_mean": round(float(np.mean(ties)), 3), "tie_aware_min": min(ties), "questions": len(ties),
-            "query80_p50_ms": round(float(np.median(lat)), 1), "query80_max_ms": round(max(lat), 1)}
+    return {"server_passages": srv.passages(), "compared_chunks": len(vid), "lists": len(srv.centroids()),
+            "strict_mean": round(float(np.mean(strict)), 3), "tie_aware_mean": round(float(np.mean(ties)), 3),
+            "tie_aware_min": min(ties), "questions": len(ties),
+            "search80_p50_ms": round(float(np.median(lat)), 1), "search80_max_ms": round(max(lat), 1)}
 
 
 def bench_hnsw(data_dir: Path, settings: list[tuple[int, int]], efs=(1000, 3000)) -> dict:
@@ -409,20 +397,26 @@ def bench_hnsw(data_dir: Path, settings: list[tuple[int, int]], efs=(1000, 3000)
 
 
 def bench_chroma_collection(work: Path, local: Path) -> dict:
-    """``server_recall`` of the collection a ``chroma`` step left in WORK/chroma-server (one that
-    was stopped part-way too), with the server's memory and disk."""
+    """``server_recall`` of the lists a ``chroma`` step left in WORK/chroma-server with its index in
+    WORK/index-chroma, with the server's memory and disk."""
     port, proc = _chroma_run(work / "chroma-server")
+    old = os.environ.get("IMR_CHROMA_URL")
     try:
-        import chromadb
+        os.environ["IMR_CHROMA_URL"] = f"http://127.0.0.1:{port}"
+        from ..index import Index
 
-        c = chromadb.HttpClient(host="127.0.0.1", port=port)
-        col = c.get_collection(c.list_collections()[-1].name, embedding_function=None)
-        out = {"hnsw": col.configuration_json["hnsw"], **server_recall(col, local)}
+        idx = Index(work / "index-chroma", embedder=None)
+        out = server_recall(idx, local)
+        idx.close()
         st = dict(ln.split(":", 1) for ln in open(f"/proc/{proc.pid}/status") if ":" in ln)
         out["server_peak_rss_mb"] = int(st["VmHWM"].split()[0]) // 1024
         out["server_disk_mb"] = round(sum(f.stat().st_size for f in (work / "chroma-server").rglob("*") if f.is_file()) / 1e6, 1)
         return out
     finally:
+        if old is None:
+            os.environ.pop("IMR_CHROMA_URL", None)
+        else:
+            os.environ["IMR_CHROMA_URL"] = old
         proc.terminate()
         proc.wait(60)
 
@@ -477,7 +471,7 @@ def bench_chroma_server(records: Path, work: Path, local: Path, letters: int) ->
                "server_disk_mb": round(sum(f.stat().st_size for f in srv_dir.rglob("*") if f.is_file()) / 1e6, 1),
                "local_disk_mb": round(sum(f.stat().st_size for f in (data / "index").rglob("*") if f.is_file()) / 1e6, 1)}
         out.update({f"retrieval_{k}": v for k, v in bench_retrieval(data, 100).items()})
-        out["dense_recall"] = server_recall(idx.collection, local)
+        out["dense_recall"] = server_recall(idx, local)
         idx.close()
         return out
     finally:

@@ -397,6 +397,8 @@ class _Writer:
         """The segment's files first, then the rows that point at them, in one commit."""
         self.embed_waiting()
         self.flush_upserts(last=True)
+        if self.ix.remote_vectors and self.ix._server is not None:
+            self.ix.server.send()
         if self.seg is None:
             return
         if len(self.seg):
@@ -408,6 +410,8 @@ class _Writer:
         if self.uncommitted:
             self.st.bump_items_version()
         self.st.commit()
+        if self.ix.remote_vectors:
+            self.ix.server.delete_unused()
         self.seg, self.uncommitted = None, 0
 
 

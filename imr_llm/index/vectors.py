@@ -66,6 +66,7 @@ LISTS = 64
 PROBE = 8
 TRAIN_PER_LIST = 39  # vectors per centroid to train from (faiss's own minimum)
 EF_SEARCH = 1000
+SEND_AT = 1000  # vectors a list gathers before one upsert (64 small upserts a batch ran at ~160 vectors/s)
 _KEY_BATCH = 900  # SQLite's variables per statement, with room
 
 
@@ -83,6 +84,8 @@ class ServerLists:
         self.client = chroma_client(Path("."))
         self._cols: dict[int, object] = {}
         self._centroids: np.ndarray | None = None
+        self._unused: dict[str, int] = {}  # vector key -> list, of removed passages
+        self._pending: dict[int, dict[str, np.ndarray]] = {}  # list -> vectors not yet sent
 
     # -- collections
     def _collection(self, name: str):
@@ -146,27 +149,42 @@ class ServerLists:
             if key not in have:
                 new.setdefault(int(k), {})[key] = v
         for k, kv in new.items():
-            self.list_collection(k).upsert(ids=list(kv), embeddings=np.vstack(list(kv.values())).astype(np.float32).tolist())
+            self._pending.setdefault(k, {}).update(kv)
+            if len(self._pending[k]) >= SEND_AT:
+                self._send(k)
         self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist) VALUES (?,?,?)",
                                   [(r, key, int(k)) for r, key, k in zip(rowids, keys, lists)])
 
+    def _send(self, k: int) -> None:
+        kv = self._pending.pop(k, {})
+        if kv:
+            self.list_collection(k).upsert(ids=list(kv), embeddings=np.vstack(list(kv.values())).astype(np.float32).tolist())
+
+    def send(self) -> None:
+        """Every vector still waiting, before the store commits the rows that name them."""
+        for k in list(self._pending):
+            self._send(k)
+
     def remove(self, rowids: list[int]) -> None:
-        """Passages gone from the store: their rows, and each vector no other passage shares."""
-        if not rowids:
-            return
+        """Passages gone from the store: their rows now; the vectors no passage shares any more
+        leave the server after the store commits (``delete_unused``), so a killed run loses none."""
         db = self.store.db
-        gone: dict[str, int] = {}
         for i in range(0, len(rowids), _KEY_BATCH):
             part = rowids[i:i + _KEY_BATCH]
             q = ",".join("?" * len(part))
-            gone.update(db.execute(f"SELECT vkey, vlist FROM server_vectors WHERE rowid IN ({q})", part).fetchall())
+            self._unused.update(db.execute(f"SELECT vkey, vlist FROM server_vectors WHERE rowid IN ({q})", part).fetchall())
             db.execute(f"DELETE FROM server_vectors WHERE rowid IN ({q})", part)
+
+    def delete_unused(self) -> None:
+        """After a commit: delete the removed passages' vectors that no committed row names (a
+        changed letter's unchanged passages named theirs again)."""
         orphans: dict[int, list[str]] = {}
-        for key, k in gone.items():
-            if not db.execute("SELECT 1 FROM server_vectors WHERE vkey=? LIMIT 1", (key,)).fetchone():
+        for key, k in self._unused.items():
+            if not self.store.db.execute("SELECT 1 FROM server_vectors WHERE vkey=? LIMIT 1", (key,)).fetchone():
                 orphans.setdefault(k, []).append(key)
         for k, ks in orphans.items():
             self.list_collection(k).delete(ids=ks)
+        self._unused = {}
 
     # -- reading
     def search(self, q: np.ndarray, n: int) -> list[str]:

@@ -52,6 +52,8 @@ class Retriever:
         for s in self.segments():
             if s.dense_ok and len(s) and not self.index.remote_vectors:
                 s._index()
+        if self.index.remote_vectors:
+            self.index.server.centroids()
         self.index.embedder(["warm"])
 
     def _masks(self, filters: Filters | None) -> dict[int, np.ndarray | None]:
