@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,21 @@ TRAIN_PER_LIST = 39  # vectors per centroid to train from (faiss's own minimum)
 EF_SEARCH = 1000
 SEND_AT = 1000  # vectors a list gathers before one upsert (64 small upserts a batch ran at ~160 vectors/s)
 _KEY_BATCH = 900  # SQLite's variables per statement, with room
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    """Four threads for the lists' HTTP queries (they wait on the server, not on these cores)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(4, thread_name_prefix="imr-chroma")
+        return _POOL
 
 
 def vector_key(v16: np.ndarray) -> str:
@@ -193,13 +209,11 @@ class ServerLists:
         if c is None:
             return []
         lists = np.argsort(-(c @ q))[:PROBE]
-        from ..query.retrieve import threads
-
         def one(k):
             return self.list_collection(int(k)).query(query_embeddings=[q.tolist()], n_results=n, include=["distances"])
 
         scored: dict[str, float] = {}
-        for res in threads("imr-chroma").map(one, lists):
+        for res in _pool().map(one, lists):
             for key, d in zip(res["ids"][0], res["distances"][0]):
                 scored[key] = 1.0 - float(d)
         best = sorted(scored, key=lambda key: (-scored[key], key))[:n]
