@@ -389,6 +389,8 @@ class _Writer:
         if srv.centroids() is None:
             if n < LISTS * TRAIN_PER_LIST and not last:
                 return  # more to train from
+            if len(np.unique(vecs.astype(np.float16), axis=0)) < LISTS * TRAIN_PER_LIST and not last:
+                return  # passages embedded the same train one centroid once
             srv.train(vecs)
         srv.add([r for _, rs in self.upserts for r in rs], vecs)
         self.upserts = []
