@@ -1,13 +1,11 @@
 """Index and ask over the example letters, as a user runs it."""
 from __future__ import annotations
+import contextlib
 
 import json
 import os
 import shutil
 import sqlite3
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -116,30 +114,25 @@ def test_wrong_embedder_and_broken_index_give_clear_messages(indexed, monkeypatc
     assert ask_json("How many physical therapy requests were upheld?")["count"] == 3
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+@contextlib.contextmanager
+def _chroma_server(path: Path, monkeypatch):
+    """A real ``chroma run`` on 127.0.0.1 (the bench's starter), ``IMR_CHROMA_URL`` pointing at it."""
+    import sys
+    from imr_llm.bench.__main__ import _chroma_run
+
+    assert shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"), \
+        "chroma CLI (ships with chromadb) not found"
+    port, proc = _chroma_run(path)
+    try:
+        monkeypatch.setenv("IMR_CHROMA_URL", f"http://127.0.0.1:{port}")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
-    import sys
-    exe = shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    assert exe, "chroma CLI (ships with chromadb) not found"
-    port = _free_port()
-    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        monkeypatch.setenv("IMR_CHROMA_URL", f"http://127.0.0.1:{port}")
+    with _chroma_server(tmp_path / "srv", monkeypatch) as port:
         res = runner.invoke(app, ["ingest", str(seed_dir)])
         assert res.exit_code == 0, res.output
         assert not (Path(os.environ["IMR_DATA_DIR"]) / "index" / "chroma").exists()  # vectors live on the server
@@ -166,9 +159,6 @@ def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
         res = runner.invoke(app, ["ingest", str(seed_dir)])
         assert res.exit_code == 0, res.output
         assert db.execute("SELECT count(*) FROM server_vectors").fetchone()[0] == passages
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_compatible_embedding_endpoint_and_no_mixing(seed_dir, fake_server, monkeypatch):
@@ -267,24 +257,11 @@ def test_facet_masks_select_exactly_what_the_store_selects(indexed, filters):
 def test_server_lists_against_a_real_chroma_run(tmp_path, monkeypatch):
     """The Chroma server's inverted lists: trained centroids, each distinct vector once, search equal
     to an exact scan when every list is probed, a shared vector kept until its last passage goes."""
-    import sys
     import numpy as np
     from imr_llm.index.store import Store
     from imr_llm.index.vectors import ServerLists, vector_key
 
-    exe = shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        monkeypatch.setenv("IMR_CHROMA_URL", f"http://127.0.0.1:{port}")
+    with _chroma_server(tmp_path / "srv", monkeypatch):
         rng = np.random.default_rng(3)
         centers = rng.normal(size=(4, 32))
         v = np.vstack([c + 0.3 * rng.normal(size=(60, 32)) for c in centers])
@@ -330,6 +307,3 @@ def test_server_lists_against_a_real_chroma_run(tmp_path, monkeypatch):
         assert col.get(ids=[key])["ids"] == [] and srv.passages() == 278
         ids, mat = srv.vectors_of(["L2:0:0", "L242:0:0"])
         assert sorted(ids) == ["L242:0:0", "L2:0:0"] and np.allclose(mat[0], mat[1]) and np.allclose(mat[0], m[1], atol=1e-3)
-    finally:
-        proc.terminate()
-        proc.wait(10)

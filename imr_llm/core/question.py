@@ -649,7 +649,7 @@ def _categories(text: str, marks: _Marks, f: Filters) -> None:
                 if cat == "medication" and re.fullmatch(r"\d.*|#.*", m.group()):
                     continue
                 hits.append((cat, m.start(), m.end()))
-                if not re.search(r"surg|operat", m.group(), I):  # "fusion", "arthroscopy": one kind of the category
+                if cat == "surgery" and not re.search(r"surg|operat", m.group(), I):  # "fusion": one kind of surgery
                     marks.broad.append((m.group(), cat))
     keep = []
     for h in hits:
@@ -666,7 +666,6 @@ def _categories(text: str, marks: _Marks, f: Filters) -> None:
             continue
         keep.append(h)
     hits = keep
-    marks.broad = [(w, c) for w, c in marks.broad if c == "surgery"]  # procedure words; drug names have classes
     dc = f.get("drug_class")
     if dc is not None and not dc.negate:
         hits = [h for h in hits if h[0] != "medication"]  # a class already says medication

@@ -337,7 +337,7 @@ class _Writer:
             return
         if self.seg is None:
             self.seg = SegmentWriter(self.ix.dir, st.new_segment_number())
-        before = st.chunk_rowids_of(p.letter_id) if self.ix.remote_vectors else []
+        before = st.chunk_ids_of(p.letter_id, "rowid") if self.ix.remote_vectors else []
         rowids, gone = st.put_letter(p, self.seg.num)
         self.stats["written"] += 1
         self.uncommitted += 1
@@ -381,26 +381,27 @@ class _Writer:
         """Vectors to the Chroma server's lists, in batches; the rows that describe them commit after.
         The lists' centroids are trained from the first ``LISTS * TRAIN_PER_LIST`` vectors (or all
         of a smaller first build)."""
-        if not self.upserts:
+        if not self.ix.remote_vectors:
             return
         srv = self.ix.server
-        n = sum(len(p.chunks) for p, _ in self.upserts)
-        vecs = np.vstack([p.vectors for p, _ in self.upserts])
-        if srv.centroids() is None:
-            if n < LISTS * TRAIN_PER_LIST and not last:
-                return  # more to train from
-            if len(np.unique(vecs.astype(np.float16), axis=0)) < LISTS * TRAIN_PER_LIST and not last:
-                return  # passages embedded the same train one centroid once
-            srv.train(vecs)
-        srv.add([r for _, rs in self.upserts for r in rs], vecs)
-        self.upserts = []
+        if self.upserts:
+            n = sum(len(p.chunks) for p, _ in self.upserts)
+            vecs = np.vstack([p.vectors for p, _ in self.upserts])
+            if srv.centroids() is None and not last and (
+                    n < LISTS * TRAIN_PER_LIST  # cheap before the distinct count below
+                    or len(np.unique(vecs.astype(np.float16), axis=0)) < LISTS * TRAIN_PER_LIST):
+                return  # more to train from (passages embedded the same train one centroid once)
+            if srv.centroids() is None:
+                srv.train(vecs)
+            srv.add([r for _, rs in self.upserts for r in rs], vecs)
+            self.upserts = []
+        if last:
+            srv.send()  # every vector waiting, before the store commits the rows that name them
 
     def commit_segment(self) -> None:
         """The segment's files first, then the rows that point at them, in one commit."""
         self.embed_waiting()
         self.flush_upserts(last=True)
-        if self.ix.remote_vectors and self.ix._server is not None:
-            self.ix.server.send()
         if self.seg is None:
             return
         if len(self.seg):

@@ -92,13 +92,11 @@ class Store:
     def set_meta(self, k: str, v: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (k, v))
 
-    def chunk_ids_of(self, letter_id: str) -> list[str]:
+    def chunk_ids_of(self, letter_id: str, column: str = "id") -> list:
+        """A letter's chunk ids (or rowids, ``column="rowid"``)."""
+        assert column in ("id", "rowid")
         # the UNIQUE index on id answers a letter's chunks (ids start "LETTER:"); no index on letter_id
-        return [r[0] for r in self.db.execute("SELECT id FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?",
-                                              (letter_id + ":", letter_id + ";", letter_id))]
-
-    def chunk_rowids_of(self, letter_id: str) -> list[int]:
-        return [r[0] for r in self.db.execute("SELECT rowid FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?",
+        return [r[0] for r in self.db.execute(f"SELECT {column} FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?",
                                               (letter_id + ":", letter_id + ";", letter_id))]
 
     def unchanged(self, p: Prepared) -> bool:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..config import env
+from ..procs import threads
 from .problems import IndexProblem
 
 
@@ -70,22 +70,6 @@ TRAIN_PER_LIST = 39  # vectors per centroid to train from (faiss's own minimum)
 EF_SEARCH = 1000
 SEND_AT = 1000  # vectors a list gathers before one upsert (64 small upserts a batch ran at ~160 vectors/s)
 _KEY_BATCH = 900  # SQLite's variables per statement, with room
-
-
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool():
-    """Eight threads for the lists' HTTP queries (they wait on the server: 8 lists took 55 ms one
-    after another, 32 ms at once)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL = ThreadPoolExecutor(8, thread_name_prefix="imr-chroma")
-        return _POOL
 
 
 def vector_key(v16: np.ndarray) -> str:
@@ -215,7 +199,8 @@ class ServerLists:
             return self.list_collection(int(k)).query(query_embeddings=[q.tolist()], n_results=n, include=["distances"])
 
         scored: dict[str, float] = {}
-        for res in _pool().map(one, lists):
+        # eight threads: they wait on the server (8 lists took 55 ms one after another, 32 ms at once)
+        for res in threads("imr-chroma", 8).map(one, lists):
             for key, d in zip(res["ids"][0], res["distances"][0]):
                 scored[key] = 1.0 - float(d)
         best = sorted(scored, key=lambda key: (-scored[key], key))[:n]

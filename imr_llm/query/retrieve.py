@@ -11,7 +11,6 @@ allowed chunks are scored directly.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from ..core.filters import Filters
 from ..index import Index, IndexProblem
 from ..index.segments import Segment, merged
+from ..procs import threads  # noqa: F401  (the page takes its pools from here too)
 
 RRF_K = 60
 SMALL_SET = 4000
@@ -171,21 +171,6 @@ def fuse(rankings: dict[str, list[str]], rows: dict[str, dict], k: int, per_lett
         if len(out) >= k:
             break
     return out
-
-
-_POOLS: dict = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def threads(name: str):
-    """Two threads named ``name`` in this process (this machine's two cores; more only contend),
-    made once under a lock: a server's requests ask for them at the same moment."""
-    with _POOLS_LOCK:
-        if name not in _POOLS:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOLS[name] = ThreadPoolExecutor(2, thread_name_prefix=name)
-        return _POOLS[name]
 
 
 def _pool():
