@@ -159,6 +159,33 @@ def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
         res = runner.invoke(app, ["ingest", str(seed_dir)])
         assert res.exit_code == 0, res.output
         assert db.execute("SELECT count(*) FROM server_vectors").fetchone()[0] == passages
+        # each segment keeps its passages' vector keys and lists, as the store says
+        seg = next((Path(os.environ["IMR_DATA_DIR"]) / "index" / "segments").glob("0*"))
+        rowids, keys, vlists = (np.load(seg / f) for f in ("rowids.npy", "vkeys.npy", "vlists.npy"))
+        assert len(keys) == len(rowids) == len(vlists)
+        for r, k, li in zip(rowids.tolist(), keys.tolist(), vlists.tolist()):
+            assert db.execute("SELECT vkey, vlist FROM server_vectors WHERE rowid=?", (r,)).fetchone() == (k.decode(), li)
+        import imr_llm.query.retrieve as retrieve
+        monkeypatch.setattr(retrieve, "OVERFETCH_AT", 0.5)  # of 11 passages: Upheld's 6 over-fetched, PT's 5 named to the lists
+        served = _searches()
+    # the same letters indexed without a server: every search, filtered or not, finds the same passages
+    monkeypatch.delenv("IMR_CHROMA_URL")
+    monkeypatch.setenv("IMR_DATA_DIR", str(tmp_path / "local"))
+    assert runner.invoke(app, ["ingest", str(seed_dir)]).exit_code == 0
+    assert _searches() == served and served[1] and served[3]
+
+
+def _searches() -> list[list[str]]:
+    """Chunk ids found for one question under no filter, a broad one and narrow ones."""
+    from imr_llm.core.filters import Filters
+    from imr_llm.index import Index
+    from imr_llm.query.retrieve import Retriever
+
+    r = Retriever(Index(Path(os.environ["IMR_DATA_DIR"]), embedder=None))
+    q = "why were physical therapy requests upheld after spinal fusion surgery?"
+    return [[h.id for h in r.search(q, k=8, filters=f, per_letter=20)]
+            for f in (None, Filters.of(decision="Upheld"), Filters.of(decision="Overturned"),
+                      Filters.of(category="physical_therapy"), Filters.of(category="transportation"))]
 
 
 def test_compatible_embedding_endpoint_and_no_mixing(seed_dir, fake_server, monkeypatch):
@@ -305,5 +332,16 @@ def test_server_lists_against_a_real_chroma_run(tmp_path, monkeypatch):
         st.commit()
         srv.delete_unused()
         assert col.get(ids=[key])["ids"] == [] and srv.passages() == 278
+        # the best among some passages (a filter's), asked of the lists holding them: exact
+        from imr_llm.index.vectors import server_keys
+        keys, lists = server_keys(st, list(range(2, 241)))
+        assert [k.decode() for k in keys] == [vector_key(x) for x in v[1:240]]
+        for some in (np.arange(0, 239, 3), np.flatnonzero(lists == lists[5]), np.array([7])):
+            q = m[some[0] + 1] + 0.3 * rng.normal(size=32).astype(np.float32)
+            q /= np.linalg.norm(q)
+            got = srv.search_among(q, 10, keys[some], lists[some])
+            ex = np.sort(m[some + 1] @ q)[::-1]
+            assert len(got) == min(10, len(some)) and {k for _, k in got} <= set(keys[some].tolist())
+            assert np.allclose([s for s, _ in got], ex[:len(got)], atol=2e-3)
         ids, mat = srv.vectors_of(["L2:0:0", "L242:0:0"])
         assert sorted(ids) == ["L242:0:0", "L2:0:0"] and np.allclose(mat[0], mat[1]) and np.allclose(mat[0], m[1], atol=1e-3)

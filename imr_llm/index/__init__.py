@@ -27,7 +27,7 @@ from ..procs import remove_stale
 from .segments import (IVF_MIN, MERGE_AT, SEGMENT_MAX, Columns, Segment, SegmentWriter, add_term_max, load_npz, seg_dir,
                        seg_root)
 from .store import INDEX_FORMAT, Store
-from .vectors import LISTS, TRAIN_PER_LIST, ServerLists
+from .vectors import LISTS, TRAIN_PER_LIST, ServerLists, server_keys
 
 COLLECTION = "imr_chunks"
 ITEMS_FILE = "items.npz"  # the items table as columns (stats, the page)
@@ -218,7 +218,7 @@ class Index:
                 texts, facets = self.store.segment_inputs(rids)
                 w.add(rids, texts, facets, vecs)
                 moved += rids
-            w.finish()
+            w.finish(server_keys(self.store, w.rowids) if self.remote_vectors and self.store.get_meta("server_lists") else None)
         except BaseException:
             w.abort()
             raise
@@ -405,7 +405,7 @@ class _Writer:
         if self.seg is None:
             return
         if len(self.seg):
-            self.seg.finish()
+            self.seg.finish(server_keys(self.st, self.seg.rowids) if self.ix.remote_vectors else None)
             self.st.add_segment(self.seg.num, len(self.seg))
             self.stats["segments"] += 1
         else:

@@ -50,6 +50,9 @@ def ivf_shape(n: int) -> tuple[int, int]:
     return nlist, max(8, nlist // 12)
 
 
+KEYS_FILE, LISTS_FILE = "vkeys.npy", "vlists.npy"  # a Chroma server index's: each passage's vector key and list
+
+
 class SegmentWriter:
     """Collects one segment's chunks (rowids, BM25 texts, facet values, float16 vectors) and writes
     its folder; the vectors go to disk as they come, so memory is bounded by the texts."""
@@ -76,8 +79,10 @@ class SegmentWriter:
             self.dim = vecs.shape[1]
             self._vf.write(np.ascontiguousarray(vecs, dtype=np.float16).tobytes())
 
-    def finish(self) -> Path:
-        """Write BM25, facets, rowids and (large segments) the IVF; then rename into place."""
+    def finish(self, server_keys: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+        """Write BM25, facets, rowids and (large segments) the IVF; then rename into place.
+        ``server_keys``: with a Chroma server, each passage's vector key and list (``ServerLists.keys_of``),
+        so a filtered question finds the keys it may ask for without a store query per passage."""
         import logging
 
         import bm25s
@@ -98,6 +103,9 @@ class SegmentWriter:
         write_facets(self.facets, self.tmp / "facets.npz")
         self.facets = []
         np.save(self.tmp / "rowids.npy", np.asarray(self.rowids, dtype=np.int64))
+        if server_keys is not None:
+            np.save(self.tmp / KEYS_FILE, server_keys[0])
+            np.save(self.tmp / LISTS_FILE, server_keys[1])
         meta = {"chunks": n, "dim": self.dim, "ivf": None}
         if self.dim and n >= IVF_MIN:
             vf = self.tmp / "vectors.f16"
@@ -250,6 +258,12 @@ class Segment:
 
     def __len__(self) -> int:
         return len(self.rowids)
+
+    def server_keys(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each passage's vector key and list on the Chroma server, if the writer kept them here."""
+        if not (self.dir / KEYS_FILE).is_file():
+            return None
+        return np.load(self.dir / KEYS_FILE, mmap_mode="r"), np.load(self.dir / LISTS_FILE, mmap_mode="r")
 
     def facets(self) -> Columns:
         if self._facets is None:

@@ -233,10 +233,6 @@ class Store:
     def letter_paths(self) -> dict[str, tuple[str, list[str]]]:
         return {lid: (src, _paths(src, ps)) for lid, src, ps in self.db.execute("SELECT letter_id, source_path, paths FROM records")}
 
-    def chunk_ids(self, f: Filters) -> list[str]:
-        where, args = f.sql()
-        return [r[0] for r in self.db.execute(f"SELECT id FROM chunk_rows WHERE {where}", args)]
-
     # -- schema upgrades: numbered, in order, each in one transaction
     def migrate(self) -> list[str]:
         """Bring a store written by an earlier imr-llm to ``INDEX_FORMAT`` in place; what was done."""

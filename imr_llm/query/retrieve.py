@@ -6,8 +6,8 @@ segments); the best over all segments are kept, and a passage whose letter was r
 newer segment since is dropped (its row says which segment holds it). Filters: a mask from each
 segment's facet columns restricts both searches in one pass, and the store has the last word on
 every row. With a Chroma server (``IMR_CHROMA_URL``) the dense side asks its lists instead
-(``index/vectors.py``): filters then apply to over-fetched candidates, and when those run dry the
-allowed chunks are scored directly.
+(``index/vectors.py``): a broad filter applies to over-fetched candidates, a narrower one has the
+lists score only its passages.
 """
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ import numpy as np
 from ..core.filters import Filters
 from ..index import Index, IndexProblem
 from ..index.segments import Segment, merged
+from ..index.vectors import server_keys
 from ..procs import threads  # noqa: F401  (the page takes its pools from here too)
 
 RRF_K = 60
-SMALL_SET = 4000
+# Chroma server: a filter keeping at least this share of the passages is applied to the unfiltered
+# search's over-fetched best (at most OVERFETCH_MAX); a narrower one asks the lists for their best
+# among its passages (every one of them named: a list of ids per list).
+OVERFETCH_AT = 0.2
+OVERFETCH_MAX = 1000
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Retriever:
         self.index = index
         self._segs: list[Segment] | None = None
         self._stemmer = None
+        self._keys: dict[int, tuple] = {}  # a segment's vector keys and lists on the Chroma server
 
     def segments(self) -> list[Segment]:
         if self._segs is None:
@@ -53,7 +59,9 @@ class Retriever:
             if s.dense_ok and len(s) and not self.index.remote_vectors:
                 s._index()
         if self.index.remote_vectors:
-            self.index.server.centroids()
+            self.index.server.warm()
+            for s in self.segments():
+                self._server_keys(s)
         self.index.embedder(["warm"])
 
     def _masks(self, filters: Filters | None) -> dict[int, np.ndarray | None]:
@@ -87,24 +95,63 @@ class Retriever:
     def dense(self, qv: np.ndarray, n: int, masks: dict | None = None) -> list[tuple[float, int, int]]:
         return merged(self._each(lambda s, m: s.dense(qv[0], n, m), masks), n)
 
-    def _chroma(self, qv: np.ndarray, n: int) -> list[str]:
+    def _chroma(self, ask):
+        """``ask(server)``, with the server's failures said in one line."""
         try:
             srv = self.index.server
             if not srv.passages() and self.index.store.count():  # the store has passages, the server none: never BM25 alone silently
                 raise ValueError(f"the Chroma server holds no vectors for the {self.index.store.count()} indexed passages")
-            return srv.search(qv[0], n)
+            return ask(srv)
         except IndexProblem:
             raise
         except Exception as e:
             raise IndexProblem(f"the Chroma server's index for {self.index.dir} cannot be searched ({type(e).__name__}: "
                               f"{str(e)[:120]}); run `imr index --rebuild RECORDS`") from None
 
-    def dense_among(self, qv: np.ndarray, ids: list[str], n: int) -> list[str]:
-        got, m = self.index.server.vectors_of(ids)
-        if not got:
-            return []
-        order = np.argsort(-(m @ qv[0]), kind="stable")[:n]
-        return [got[i] for i in order]
+    def _server_keys(self, s: Segment) -> tuple[np.ndarray, np.ndarray]:
+        """A segment's vector keys and lists: kept with it by its writer, or (a segment written
+        before) read from the store once."""
+        if s.num not in self._keys:
+            self._keys[s.num] = s.server_keys() or server_keys(self.index.store, s.rowids)
+        return self._keys[s.num]
+
+    def _server_dense(self, qv: np.ndarray, n: int, filters: Filters, masks: dict) -> tuple[list[str], dict[str, dict]]:
+        """The server's best ``n`` passages (chunk ids, and the rows read for them). Under a filter
+        keeping most passages, the unfiltered search over-fetched (the filter applies after); under
+        a narrower one, the lists are asked for their best among the filter's passages only."""
+        if not filters.active():
+            ids = self._chroma(lambda srv: srv.search(qv[0], n))
+            return ids, self.index.store.rows_by_id(ids)
+        segs = [(s, masks.get(s.num)) for s in self.segments()]
+        total = sum(len(s) for s, _ in segs)
+        kept = sum(len(s) if m is None else int(m.sum()) for s, m in segs)
+        if not kept:
+            return [], {}
+        if kept >= OVERFETCH_AT * total:
+            ids = self._chroma(lambda srv: srv.search(qv[0], min(OVERFETCH_MAX, -(-n * total // kept))))
+            return ids, self.index.store.rows_by_id(ids)
+        rids, keys, lists = [], [], []
+        for s, m in segs:
+            if m is not None and not m.any():
+                continue
+            pos = np.flatnonzero(m) if m is not None else np.arange(len(s))
+            k, li = self._server_keys(s)
+            rids.append(np.asarray(s.rowids)[pos])
+            keys.append(np.asarray(k)[pos])
+            lists.append(np.asarray(li)[pos])
+        rids, keys, lists = np.concatenate(rids), np.concatenate(keys), np.concatenate(lists)
+        best = self._chroma(lambda srv: srv.search_among(qv[0], n, keys, lists))
+        rank = {key: i for i, (_, key) in enumerate(best)}
+        sel = np.isin(keys, np.array(list(rank), dtype=keys.dtype)) if rank else np.zeros(len(keys), bool)
+        cand = list(dict.fromkeys(r for r, _ in sorted(zip(rids[sel].tolist(), keys[sel].tolist()),
+                                                        key=lambda rk: (rank[rk[1]], rk[0]))))
+        got: dict[str, dict] = {}
+        for i in range(0, len(cand), n):  # a shared vector's passages can be thousands: rows for the best n
+            rows = self.index.store.rows(cand[i:i + n])
+            got.update((rows[r]["id"], rows[r]) for r in cand[i:i + n] if r in rows)
+            if len(got) >= n:
+                break
+        return list(got)[:n], got
 
     def _ids(self, found: list[tuple[float, int, int]], rows: dict[int, dict]) -> list[str]:
         """Chunk ids in rank order, of rows that still point at the segment that found them (a
@@ -126,7 +173,7 @@ class Retriever:
         masks = self._masks(filters) if filters.active() else {}
         lex_found = self.lexical(query, n, masks)
         if self.index.remote_vectors:
-            return self._search_server(qv, n, k, filters, per_letter, lex_found)
+            return self._search_server(qv, n, k, filters, per_letter, lex_found, masks)
         dense_found = self.dense(qv, n, masks)
         rows = self.index.store.rows({r for _, r, _ in lex_found + dense_found})
         by_id = {d["id"]: d for d in rows.values()}
@@ -135,21 +182,15 @@ class Retriever:
             dense, lex = [c for c in dense if filters.match(by_id[c])], [c for c in lex if filters.match(by_id[c])]
         return fuse({"dense": dense, "lexical": lex}, by_id, k, per_letter)
 
-    def _search_server(self, qv, n, k, filters, per_letter, lex_found) -> list[Hit]:
+    def _search_server(self, qv, n, k, filters, per_letter, lex_found, masks) -> list[Hit]:
         rows = self.index.store.rows({r for _, r, _ in lex_found})
         lex = self._ids(lex_found, rows)
         by_id = {d["id"]: d for d in rows.values()}
-        dense = self._chroma(qv, n)
-        by_id.update(self.index.store.rows_by_id([c for c in dense if c not in by_id]))
+        dense, got = self._server_dense(qv, n, filters, masks)
+        by_id.update(got)
         dense = [c for c in dense if c in by_id]
-        if filters.active():
+        if filters.active():  # the store has the last word
             dense, lex = [c for c in dense if filters.match(by_id[c])], [c for c in lex if filters.match(by_id[c])]
-            if len({by_id[c]["letter_id"] for c in set(dense) | set(lex)}) < k:
-                allowed = self.index.store.chunk_ids(filters)
-                if len(allowed) <= SMALL_SET:
-                    dense = self.dense_among(qv, allowed, n) if allowed else []
-                    by_id.update(self.index.store.rows_by_id([c for c in dense if c not in by_id]))
-                    dense = [c for c in dense if c in by_id]
         return fuse({"dense": dense, "lexical": lex}, by_id, k, per_letter)
 
 
