@@ -168,11 +168,15 @@ def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
         import imr_llm.query.retrieve as retrieve
         monkeypatch.setattr(retrieve, "OVERFETCH_AT", 0.5)  # of 11 passages: Upheld's 6 over-fetched, PT's 5 named to the lists
         served = _searches()
+        # every filter over-fetches 2 vectors, runs short and has the lists score its passages instead
+        monkeypatch.setattr(retrieve, "OVERFETCH_AT", 0.0)
+        monkeypatch.setattr(retrieve, "OVERFETCH_MAX", 2)
+        short = _searches()
     # the same letters indexed without a server: every search, filtered or not, finds the same passages
     monkeypatch.delenv("IMR_CHROMA_URL")
     monkeypatch.setenv("IMR_DATA_DIR", str(tmp_path / "local"))
     assert runner.invoke(app, ["ingest", str(seed_dir)]).exit_code == 0
-    assert _searches() == served and served[1] and served[3]
+    assert _searches() == served == short and served[1] and served[3]
 
 
 def _searches() -> list[list[str]]:

@@ -211,21 +211,26 @@ class ServerLists:
             list(threads("imr-chroma", 8).map(lambda k: self.list_collection(k).query(
                 query_embeddings=[c[k].tolist()], n_results=1, include=["distances"]), range(len(c))))
 
-    def search(self, q: np.ndarray, n: int) -> list[str]:
-        """Chunk ids of the ``n`` best passages of the ``PROBE`` lists nearest the question."""
+    def nearest(self, q: np.ndarray, n: int) -> list[tuple[float, str]]:
+        """The ``n`` best vector keys of the ``PROBE`` lists nearest the question: (similarity, key),
+        best first."""
         c = self.centroids()
         if c is None:
             return []
-        lists = np.argsort(-(c @ q))[:PROBE]
+
         def one(k):
             return self.list_collection(int(k)).query(query_embeddings=[q.tolist()], n_results=n, include=["distances"])
 
         scored: dict[str, float] = {}
         # eight threads: they wait on the server (8 lists took 55 ms one after another, 32 ms at once)
-        for res in threads("imr-chroma", 8).map(one, lists):
+        for res in threads("imr-chroma", 8).map(one, np.argsort(-(c @ q))[:PROBE]):
             for key, d in zip(res["ids"][0], res["distances"][0]):
                 scored[key] = 1.0 - float(d)
-        best = sorted(scored, key=lambda key: (-scored[key], key))[:n]
+        return [(scored[key], key) for key in sorted(scored, key=lambda key: (-scored[key], key))[:n]]
+
+    def search(self, q: np.ndarray, n: int) -> list[str]:
+        """Chunk ids of the ``n`` best passages (of the ``n`` best vectors, in rank order)."""
+        best = [key for _, key in self.nearest(q, n)]
         rank = {key: i for i, key in enumerate(best)}
         rows = []
         for i in range(0, len(best), _KEY_BATCH):
