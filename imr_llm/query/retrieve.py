@@ -125,11 +125,11 @@ class Retriever:
             self._sorted[s.num] = (k[order], order)
         return self._sorted[s.num]
 
-    def _passages_of(self, best: list[tuple[float, object]], segs: list) -> list[int]:
-        """Rowids of the passages these vector keys (best first) are shared by, that the masks keep: in
-        the keys' order, then by rowid."""
+    def _passages_of(self, best: list[tuple[float, object]], segs: list) -> list[tuple[int, int]]:
+        """The passages these vector keys (best first) are shared by, that the masks keep, as (rowid,
+        segment): in the keys' order, then by rowid."""
         keys = np.array([k for _, k in best], dtype="S24")
-        rids, ranks = [], []
+        rids, ranks, nums = [], [], []
         for s, m in segs:
             if (m is not None and not m.any()) or not len(keys):
                 continue
@@ -146,10 +146,12 @@ class Retriever:
                 pos, rank = pos[ok], rank[ok]
             rids.append(np.asarray(s.rowids)[pos])
             ranks.append(rank)
+            nums.append(np.full(len(pos), s.num))
         if not rids:
             return []
-        rids, ranks = np.concatenate(rids), np.concatenate(ranks)
-        return list(dict.fromkeys(rids[np.lexsort((rids, ranks))].tolist()))
+        rids, ranks, nums = np.concatenate(rids), np.concatenate(ranks), np.concatenate(nums)
+        o = np.lexsort((rids, ranks))
+        return list(dict.fromkeys(zip(rids[o].tolist(), nums[o].tolist())))
 
     def _server_dense(self, qv: np.ndarray, n: int, filters: Filters, masks: dict) -> tuple[list[str], dict[str, dict]]:
         """The server's best ``n`` passages (chunk ids, and the rows read for them). Under a filter
@@ -183,8 +185,9 @@ class Retriever:
             cand = self._passages_of(self._chroma(lambda srv: srv.search_among(qv[0], n, keys, lists)), segs)
         got: dict[str, dict] = {}
         for i in range(0, len(cand), n):  # a shared vector's passages can be thousands: rows for the best n
-            rows = self.index.store.rows(cand[i:i + n])
-            got.update((rows[r]["id"], rows[r]) for r in cand[i:i + n] if r in rows)
+            rows = self.index.store.rows([r for r, _ in cand[i:i + n]])
+            # (a letter re-indexed since lives in a newer segment: its row says which)
+            got.update((rows[r]["id"], rows[r]) for r, num in cand[i:i + n] if r in rows and rows[r]["seg"] == num)
             if len(got) >= n:
                 break
         return list(got)[:n], got
