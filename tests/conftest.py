@@ -78,3 +78,27 @@ def local_model():
         if required:
             pytest.fail(f"local model required but unavailable: {e}")
         pytest.skip(f"local model unavailable: {e}")
+
+
+@pytest.fixture
+def chroma_server(monkeypatch):
+    """``with chroma_server(folder) as port``: a real ``chroma run`` on 127.0.0.1 (the bench's
+    starter), ``IMR_CHROMA_URL`` pointing at it while it runs."""
+    import contextlib
+    import shutil
+    import sys
+
+    from imr_llm.bench.__main__ import _chroma_run
+
+    @contextlib.contextmanager
+    def start(path: Path):
+        assert shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"), \
+            "chroma CLI (ships with chromadb) not found"
+        port, proc = _chroma_run(path)
+        try:
+            monkeypatch.setenv("IMR_CHROMA_URL", f"http://127.0.0.1:{port}")
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return start

@@ -1,6 +1,5 @@
 """Index and ask over the example letters, as a user runs it."""
 from __future__ import annotations
-import contextlib
 
 import json
 import os
@@ -114,25 +113,8 @@ def test_wrong_embedder_and_broken_index_give_clear_messages(indexed, monkeypatc
     assert ask_json("How many physical therapy requests were upheld?")["count"] == 3
 
 
-@contextlib.contextmanager
-def _chroma_server(path: Path, monkeypatch):
-    """A real ``chroma run`` on 127.0.0.1 (the bench's starter), ``IMR_CHROMA_URL`` pointing at it."""
-    import sys
-    from imr_llm.bench.__main__ import _chroma_run
-
-    assert shutil.which("chroma", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"), \
-        "chroma CLI (ships with chromadb) not found"
-    port, proc = _chroma_run(path)
-    try:
-        monkeypatch.setenv("IMR_CHROMA_URL", f"http://127.0.0.1:{port}")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def test_chroma_server_path(tmp_path, monkeypatch, seed_dir):
-    with _chroma_server(tmp_path / "srv", monkeypatch) as port:
+def test_chroma_server_path(tmp_path, monkeypatch, seed_dir, chroma_server):
+    with chroma_server(tmp_path / "srv") as port:
         res = runner.invoke(app, ["ingest", str(seed_dir)])
         assert res.exit_code == 0, res.output
         assert not (Path(os.environ["IMR_DATA_DIR"]) / "index" / "chroma").exists()  # vectors live on the server
@@ -285,14 +267,14 @@ def test_facet_masks_select_exactly_what_the_store_selects(indexed, filters):
     assert all(f.match(h.row) for h in hits)
 
 
-def test_server_lists_against_a_real_chroma_run(tmp_path, monkeypatch):
+def test_server_lists_against_a_real_chroma_run(tmp_path, chroma_server):
     """The Chroma server's inverted lists: trained centroids, each distinct vector once, search equal
     to an exact scan when every list is probed, a shared vector kept until its last passage goes."""
     import numpy as np
     from imr_llm.index.store import Store
     from imr_llm.index.vectors import ServerLists, vector_key
 
-    with _chroma_server(tmp_path / "srv", monkeypatch):
+    with chroma_server(tmp_path / "srv"):
         rng = np.random.default_rng(3)
         centers = rng.normal(size=(4, 32))
         v = np.vstack([c + 0.3 * rng.normal(size=(60, 32)) for c in centers])

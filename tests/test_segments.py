@@ -63,6 +63,35 @@ def test_parallel_build_writes_what_one_process_writes(records, tmp_path, monkey
     assert all(len(v) == 1 and np.allclose(v[0], b["vecs"][k][0], atol=2e-3) for k, v in a["vecs"].items())
 
 
+def test_parallel_build_through_a_chroma_server(records, tmp_path, monkeypatch, chroma_server):
+    """Workers embed, the one writer sends their vectors to the server's lists: the same passages,
+    each with a vector on the server equal to the one-process build's, and segment key files as the
+    store says."""
+    from imr_llm.index import Index
+
+    got, pools = {}, []
+    real = Index._prepared_by_workers
+    monkeypatch.setattr(Index, "_prepared_by_workers", lambda self, *a: (pools.append(a[1]), real(self, *a))[1])
+    for workers in (1, 2):
+        with chroma_server(tmp_path / f"srv{workers}"):
+            data = tmp_path / f"d{workers}"
+            _index(data, records, monkeypatch, workers)
+            idx = Index(data, embedder=None)
+            ids = [c for (c,) in idx.store.db.execute("SELECT id FROM chunks ORDER BY id")]
+            found, mat = idx.server.vectors_of(ids)
+            keys = {}
+            for s in idx.segments():
+                k, li = s.server_keys()
+                keys.update(zip(s.rowids.tolist(), zip(k.tolist(), li.tolist())))
+            store = {r: (k.encode(), li) for r, k, li in idx.store.db.execute("SELECT rowid, vkey, vlist FROM server_vectors")}
+            assert keys == store and len(store) == len(ids) > 300
+            got[workers] = dict(zip(found, mat))
+            idx.close()
+    assert pools == [2]  # the second build's letters were embedded by two worker processes
+    assert set(got[1]) == set(got[2]) and len(got[1]) > 300
+    assert all(np.allclose(v, got[2][c], atol=2e-3) for c, v in got[1].items())
+
+
 def test_adding_letters_writes_one_segment_and_rewrites_none(records, tmp_path, monkeypatch):
     lines = records.read_text().splitlines(keepends=True)
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"

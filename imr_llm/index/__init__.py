@@ -162,7 +162,7 @@ class Index:
         """Index a records file; large files are read, chunked and embedded by worker processes."""
         if workers is None:
             workers = env().index_workers or (2 if (os.cpu_count() or 1) >= 2 and path.stat().st_size >= PARALLEL_FROM else 0)
-        if workers < 2 or self.spec != "wordllama" or self.remote_vectors:
+        if workers < 2 or self.spec != "wordllama":  # (with a Chroma server too: the writer sends what the workers embedded)
             return self.add(read_records(path), batch, on_letter)
         return self._write(self._prepared_by_workers(path, workers), batch, on_letter)
 
