@@ -325,9 +325,12 @@ def test_server_lists_against_a_real_chroma_run(tmp_path, chroma_server):
         for some in (np.arange(0, 239, 3), np.flatnonzero(lists == lists[5]), np.array([7])):
             q = m[some[0] + 1] + 0.3 * rng.normal(size=32).astype(np.float32)
             q /= np.linalg.norm(q)
-            got = srv.search_among(q, 10, keys[some], lists[some])
+            held = {int(k): np.unique(keys[some][lists[some] == k]) for k in np.unique(lists[some])}
+            got = srv.search_among(q, 10, held)
             ex = np.sort(m[some + 1] @ q)[::-1]
-            assert len(got) == min(10, len(some)) and {k for _, k in got} <= set(keys[some].tolist())
-            assert np.allclose([s for s, _ in got], ex[:len(got)], atol=2e-3)
+            assert len(got) == min(10, len(some)) and {k.encode() for _, k, _ in got} <= set(keys[some].tolist())
+            assert all(vector_key(v[int(np.flatnonzero(keys == k.encode())[0]) + 1]) == k and lists[keys == k.encode()][0] == li
+                       for _, k, li in got)  # each with its own list
+            assert np.allclose([s for s, _, _ in got], ex[:len(got)], atol=2e-3)
         ids, mat = srv.vectors_of(["L2:0:0", "L242:0:0"])
         assert sorted(ids) == ["L242:0:0", "L2:0:0"] and np.allclose(mat[0], mat[1]) and np.allclose(mat[0], m[1], atol=1e-3)

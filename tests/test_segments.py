@@ -297,3 +297,57 @@ def test_a_segment_without_term_maxima_searches_the_same_and_gets_them(records, 
     out = _index(data, records, monkeypatch, 1)
     assert "0 new search segment" in out and tm.read_bytes() == want_bytes
     assert lexical() == want
+
+
+def test_chroma_server_search_over_segments_finds_what_the_local_index_finds(records, tmp_path, monkeypatch, chroma_server):
+    """Three segments (two adds and a changed letter, whose old passages stay in an older segment)
+    in several lists on a real chroma run: every search, unfiltered, under a broad filter
+    (over-fetched, and over-fetched short so the lists score the filter's passages) and narrower
+    ones, finds the passages the local index finds."""
+    import imr_llm.query.retrieve as retrieve
+    from imr_llm.core.filters import Filters
+    from imr_llm.index import Index
+    from imr_llm.query.retrieve import Retriever
+
+    lines = records.read_text().splitlines(keepends=True)
+    rec = json.loads(lines[0])
+    rec["items"][0]["decision"] = "Overturned" if rec["items"][0]["decision"] == "Upheld" else "Upheld"
+    parts = [tmp_path / f"p{i}.jsonl" for i in range(3)]
+    for p, text in zip(parts, ("".join(lines[:60]), "".join(lines[60:]), json.dumps(rec) + "\n")):
+        p.write_text(text)
+    asks = ["why were physical therapy requests upheld after spinal fusion surgery?", "acupuncture for chronic low back pain",
+            "opioid weaning and urine drug screens", "was the MRI of the knee medically necessary"]
+    filters = [None, Filters.of(decision="Upheld"), Filters.of(decision="Overturned"), Filters.of(category="physical_therapy"),
+               Filters.of(category="medication", decision="Upheld")]
+
+    def searches(data):
+        r = Retriever(Index(data, embedder=None))
+        return [[h.id for h in r.search(q, k=8, filters=f, per_letter=20)] for q in asks for f in filters]
+
+    def build(data):
+        for p in parts:
+            _index(data, p, monkeypatch, 1)
+
+    with chroma_server(tmp_path / "srv"):
+        build(tmp_path / "server")
+        idx = Index(tmp_path / "server", embedder=None)
+        assert len(idx.segments()) == 3 and len(idx.server.centroids()) > 1
+        # the changed letter's first passages are dead in segment 1 (their vectors left the server)
+        assert len(idx.store.dead_rowids(1)) == idx.store.db.execute(
+            "SELECT count(*) FROM chunks WHERE letter_id=?", (rec["letter_id"],)).fetchone()[0] > 0
+        idx.close()
+        monkeypatch.setattr(retrieve, "OVERFETCH_AT", 0.3)
+        served = searches(tmp_path / "server")
+        monkeypatch.setattr(retrieve, "OVERFETCH_AT", 0.0)  # every filter over-fetched, 3 vectors: short
+        monkeypatch.setattr(retrieve, "OVERFETCH_MAX", 3)
+        short = searches(tmp_path / "server")
+        db = sqlite3.connect(tmp_path / "server" / "index" / "store.sqlite")
+        db.execute("DELETE FROM dead_rows")  # an index written before they were kept: the lists skip the gone vectors
+        db.commit()
+        db.close()
+        older = searches(tmp_path / "server")
+    monkeypatch.delenv("IMR_CHROMA_URL")
+    build(tmp_path / "local")
+    local = searches(tmp_path / "local")
+    assert sum(map(len, local)) > 100 and all(local[i] for i in range(0, len(local), len(filters)))
+    assert served == local and short == local and older == local

@@ -48,6 +48,8 @@ CREATE INDEX IF NOT EXISTS items_decision ON items(decision, category);
 CREATE TABLE IF NOT EXISTS segments (num INTEGER PRIMARY KEY, chunks INTEGER);
 CREATE TABLE IF NOT EXISTS server_vectors (rowid INTEGER PRIMARY KEY, vkey TEXT, vlist INTEGER);
 CREATE INDEX IF NOT EXISTS server_vectors_key ON server_vectors(vkey);
+-- positions of older segments whose passages were replaced (a segment's files are never rewritten)
+CREATE TABLE IF NOT EXISTS dead_rows (seg INTEGER, rowid INTEGER, PRIMARY KEY (seg, rowid)) WITHOUT ROWID;
 """
 
 # A chunk with its filter columns: an item's chunk takes them from its item, a summary chunk keeps
@@ -130,7 +132,9 @@ class Store:
         if len(self.items_added) >= 50_000:  # kept as columns of codes, not rows: memory stays flat over a run
             self._fold_items()
         if old:
-            self.db.execute("DELETE FROM chunks WHERE id >= ? AND id < ? AND letter_id = ?", (p.letter_id + ":", p.letter_id + ";", p.letter_id))
+            where = "id >= ? AND id < ? AND letter_id = ?", (p.letter_id + ":", p.letter_id + ";", p.letter_id)
+            self.db.execute(f"INSERT OR IGNORE INTO dead_rows SELECT seg, rowid FROM chunks WHERE seg IS NOT NULL AND {where[0]}", where[1])
+            self.db.execute(f"DELETE FROM chunks WHERE {where[0]}", where[1])
         first = self.next_rowid()
         rowids = list(range(first, first + len(p.chunks)))
         self._next = first + len(p.chunks)
@@ -169,6 +173,11 @@ class Store:
 
     def drop_segments(self, nums: list[int]) -> None:
         self.db.executemany("DELETE FROM segments WHERE num=?", [(n,) for n in nums])
+        self.db.executemany("DELETE FROM dead_rows WHERE seg=?", [(n,) for n in nums])
+
+    def dead_rowids(self, num: int) -> np.ndarray:
+        """Rowids of segment ``num``'s passages replaced since it was written (their letters re-indexed)."""
+        return np.fromiter((r for (r,) in self.db.execute("SELECT rowid FROM dead_rows WHERE seg=?", (num,))), dtype=np.int64)
 
     def live_rowids(self, num: int) -> set[int]:
         return {r for (r,) in self.db.execute("SELECT rowid FROM chunks WHERE seg=?", (num,))}

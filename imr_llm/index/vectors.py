@@ -211,26 +211,41 @@ class ServerLists:
             list(threads("imr-chroma", 8).map(lambda k: self.list_collection(k).query(
                 query_embeddings=[c[k].tolist()], n_results=1, include=["distances"]), range(len(c))))
 
-    def nearest(self, q: np.ndarray, n: int) -> list[tuple[float, str]]:
-        """The ``n`` best vector keys of the ``PROBE`` lists nearest the question: (similarity, key),
-        best first."""
-        c = self.centroids()
-        if c is None:
-            return []
-
+    def _ask(self, q: np.ndarray, n: int, lists, ids: dict | None = None) -> list[tuple[float, str, int]]:
+        """The ``n`` best vectors of these lists (of ``ids[list]`` only, if given): (similarity, key,
+        list), best first."""
         def one(k):
-            return self.list_collection(int(k)).query(query_embeddings=[q.tolist()], n_results=n, include=["distances"])
+            col, kw = self.list_collection(k), {"ids": ids[k]} if ids is not None else {}
+            ask = dict(query_embeddings=[q.tolist()], n_results=min(n, len(ids[k])) if ids else n, include=["distances"])
+            try:
+                return k, col.query(**ask, **kw)
+            except Exception as e:
+                if ids is None or "finding id" not in str(e):
+                    raise
+            # an index written before dead_rows named a replaced passage's vector, gone from the server
+            there = col.get(ids=ids[k], include=[])["ids"]
+            return k, (col.query(**{**ask, "n_results": min(n, len(there))}, ids=there) if there else {"ids": [[]], "distances": [[]]})
 
-        scored: dict[str, float] = {}
+        scored: dict[str, tuple[float, int]] = {}
         # eight threads: they wait on the server (8 lists took 55 ms one after another, 32 ms at once)
-        for res in threads("imr-chroma", 8).map(one, np.argsort(-(c @ q))[:PROBE]):
+        for k, res in threads("imr-chroma", 8).map(one, [int(k) for k in lists]):
             for key, d in zip(res["ids"][0], res["distances"][0]):
-                scored[key] = 1.0 - float(d)
-        return [(scored[key], key) for key in sorted(scored, key=lambda key: (-scored[key], key))[:n]]
+                scored[key] = (1.0 - float(d), k)
+        best = sorted(scored, key=lambda key: (-scored[key][0], key))[:n]
+        return [(scored[key][0], key, scored[key][1]) for key in best]
+
+    def nearest_lists(self, q: np.ndarray) -> list[int]:
+        """Every list, nearest the question first."""
+        c = self.centroids()
+        return [] if c is None else [int(k) for k in np.argsort(-(c @ q))]
+
+    def nearest(self, q: np.ndarray, n: int) -> list[tuple[float, str, int]]:
+        """The ``n`` best vectors of the ``PROBE`` lists nearest the question: (similarity, key, list)."""
+        return self._ask(q, n, self.nearest_lists(q)[:PROBE])
 
     def search(self, q: np.ndarray, n: int) -> list[str]:
         """Chunk ids of the ``n`` best passages (of the ``n`` best vectors, in rank order)."""
-        best = [key for _, key in self.nearest(q, n)]
+        best = [key for _, key, _ in self.nearest(q, n)]
         rank = {key: i for i, key in enumerate(best)}
         rows = []
         for i in range(0, len(best), _KEY_BATCH):
@@ -239,37 +254,11 @@ class ServerLists:
                                           f"WHERE s.vkey IN ({','.join('?' * len(part))})", part).fetchall()
         return [cid for _, cid in sorted(rows, key=lambda r: (rank[r[0]], r[1]))][:n]
 
-    def search_among(self, q: np.ndarray, n: int, keys: np.ndarray, lists: np.ndarray) -> list[tuple[float, bytes]]:
-        """The ``n`` best of these vector keys (a filter's passages, with their lists): each list
-        holding some is asked for its best among them (``ids=``: the server scores them, nothing is
-        fetched), the ``PROBE`` lists nearest the question first. A filter's passages sit in few
-        lists (a category's in 4 of 64 at 200k letters): those are all asked, which is exact.
-        Answers (similarity, key), best first."""
-        c = self.centroids()
-        ok = lists >= 0
-        if c is None or not ok.any():
-            return []
-        ls, ks = lists[ok], np.ascontiguousarray(keys[ok], dtype="S24")
-        w = ks.view("<u8").reshape(-1, 3)  # a key's 24 bytes as three integers: sorting strings took 36 ms at 75k
-        order = np.lexsort((w[:, 2], w[:, 1], w[:, 0], ls))
-        ls, ks, w = ls[order], ks[order], w[order]
-        first = np.r_[True, (ls[1:] != ls[:-1]) | (w[1:] != w[:-1]).any(axis=1)]  # each key once in its list
-        ls, ks = ls[first], ks[first]
-        starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]])
-        held = {int(ls[i]): ks[i:j] for i, j in zip(starts, np.r_[starts[1:], len(ls)])}
-        near = [int(k) for k in np.argsort(-(c @ q)) if int(k) in held][:PROBE]
-
-        def one(k):
-            ids = [x.decode() for x in held[k]]
-            return self.list_collection(k).query(query_embeddings=[q.tolist()], n_results=min(n, len(ids)), ids=ids,
-                                                 include=["distances"])
-
-        scored: dict[str, float] = {}
-        for res in threads("imr-chroma", 8).map(one, near):
-            for key, d in zip(res["ids"][0], res["distances"][0]):
-                scored[key] = 1.0 - float(d)
-        best = sorted(scored, key=lambda key: (-scored[key], key))[:n]
-        return [(scored[key], key.encode()) for key in best]
+    def search_among(self, q: np.ndarray, n: int, held: dict[int, np.ndarray]) -> list[tuple[float, str, int]]:
+        """The ``n`` best of a filter's vectors, ``held[list]`` the distinct keys (bytes) it has in each
+        list asked (``ids=``: the server scores them, nothing is fetched): (similarity, key, list)."""
+        held = {k: [x.decode() for x in v] for k, v in held.items() if len(v)}
+        return self._ask(q, n, list(held), held) if held else []
 
     def vectors_of(self, chunk_ids: list[str]) -> tuple[list[str], np.ndarray]:
         """The vectors of these passages, read from the server: (ids found, matrix)."""

@@ -18,7 +18,7 @@ import numpy as np
 from ..core.filters import Filters
 from ..index import Index, IndexProblem
 from ..index.segments import Segment, merged
-from ..index.vectors import server_keys
+from ..index.vectors import PROBE, server_keys
 from ..procs import threads  # noqa: F401  (the page takes its pools from here too)
 
 RRF_K = 60
@@ -44,6 +44,7 @@ class Retriever:
         self._stemmer = None
         self._keys: dict[int, tuple] = {}  # a segment's vector keys and lists on the Chroma server
         self._sorted: dict[int, tuple] = {}  # and those keys sorted
+        self._dead: dict[int, np.ndarray | None] = {}  # the positions still live (the segments are fixed for a Retriever's life)
 
     def segments(self) -> list[Segment]:
         if self._segs is None:
@@ -62,7 +63,8 @@ class Retriever:
         if self.index.remote_vectors:
             self.index.server.warm()
             for s in self.segments():
-                self._key_index(s)
+                self._by_list(s)
+                self._live(s)
         self.index.embedder(["warm"])
 
     def _masks(self, filters: Filters | None) -> dict[int, np.ndarray | None]:
@@ -116,25 +118,33 @@ class Retriever:
             self._keys[s.num] = s.server_keys() or server_keys(self.index.store, s.rowids)
         return self._keys[s.num]
 
-    def _key_index(self, s: Segment) -> tuple[np.ndarray, np.ndarray]:
-        """A segment's vector keys sorted, and their positions: a key's passages by binary search."""
+    def _by_list(self, s: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A segment's passages ordered by (Chroma list, vector key): keys, lists, positions. A key's
+        passages, or a list's, are then a binary search away."""
         if s.num not in self._sorted:
-            k = np.ascontiguousarray(self._server_keys(s)[0], dtype="S24")
+            k, li = self._server_keys(s)
+            k, li = np.ascontiguousarray(k, dtype="S24"), np.asarray(li, dtype=np.int16)
             w = k.view(">u8").reshape(-1, 3)  # big-endian words sort as the bytes do (sorting strings: 36 ms at 75k)
-            order = np.lexsort((w[:, 2], w[:, 1], w[:, 0]))
-            self._sorted[s.num] = (k[order], order)
+            order = np.lexsort((w[:, 2], w[:, 1], w[:, 0], li))
+            self._sorted[s.num] = (k[order], li[order], order)
         return self._sorted[s.num]
 
-    def _passages_of(self, best: list[tuple[float, object]], segs: list) -> list[tuple[int, int]]:
-        """The passages these vector keys (best first) are shared by, that the masks keep, as (rowid,
-        segment): in the keys' order, then by rowid."""
-        keys = np.array([k for _, k in best], dtype="S24")
+    def _passages_of(self, best: list[tuple[float, str, int]], segs: list) -> list[tuple[int, int]]:
+        """The passages these vectors ((similarity, key, list), best first) are shared by, that the
+        masks keep, as (rowid, segment): in the vectors' order, then by rowid."""
+        keys = np.array([b[1] for b in best], dtype="S24")
+        lists = np.array([b[2] for b in best], dtype=np.int16)
         rids, ranks, nums = [], [], []
         for s, m in segs:
             if (m is not None and not m.any()) or not len(keys):
                 continue
-            sk, order = self._key_index(s)
-            lo, hi = np.searchsorted(sk, keys, "left"), np.searchsorted(sk, keys, "right")
+            sk, sl, order = self._by_list(s)
+            lo, hi = np.zeros(len(keys), np.int64), np.zeros(len(keys), np.int64)
+            for k in np.unique(lists).tolist():
+                sel = lists == k
+                a, b = np.searchsorted(sl, [k, k + 1])
+                lo[sel] = a + np.searchsorted(sk[a:b], keys[sel], "left")
+                hi[sel] = a + np.searchsorted(sk[a:b], keys[sel], "right")
             cnt = hi - lo
             tot = int(cnt.sum())
             if not tot:
@@ -153,12 +163,40 @@ class Retriever:
         o = np.lexsort((rids, ranks))
         return list(dict.fromkeys(zip(rids[o].tolist(), nums[o].tolist())))
 
+    def _live(self, s: Segment) -> np.ndarray | None:
+        """A segment's positions whose passages are still its own (None: all): a replaced passage's
+        vector may have left the server, and naming it fails the whole query."""
+        if s.num not in self._dead:
+            dead = self.index.store.dead_rowids(s.num)
+            self._dead[s.num] = ~np.isin(np.asarray(s.rowids), dead) if len(dead) else None
+        return self._dead[s.num]
+
+    def _held(self, srv, q: np.ndarray, segs: list) -> dict[int, np.ndarray]:
+        """The filter's distinct vector keys in each of the ``PROBE`` lists nearest the question that
+        hold any (a category's passages sit in few lists: all of them)."""
+        held: dict[int, np.ndarray] = {}
+        segs = [(s, m if self._live(s) is None else (self._live(s) if m is None else m & self._live(s))) for s, m in segs]
+        for k in srv.nearest_lists(q):
+            parts = []
+            for s, m in segs:
+                sk, sl, order = self._by_list(s)
+                a, b = np.searchsorted(sl, [k, k + 1])
+                if a < b:
+                    parts.append(sk[a:b] if m is None else sk[a:b][np.asarray(m)[order[a:b]]])
+            got = np.concatenate(parts) if parts else np.zeros(0, "S24")
+            if len(got):
+                held[k] = np.unique(got) if len(parts) > 1 else got[np.r_[True, got[1:] != got[:-1]]]
+                if len(held) == PROBE:
+                    break
+        return held
+
     def _server_dense(self, qv: np.ndarray, n: int, filters: Filters, masks: dict) -> tuple[list[str], dict[str, dict]]:
         """The server's best ``n`` passages (chunk ids, and the rows read for them). Under a filter
         keeping most passages, the best vectors are over-fetched and the filter's passages of them
         kept; when those run short of ``n`` (the question leans to what the filter leaves out:
-        "overturned" wording under an Upheld filter), or under a narrower filter, the lists are asked
-        for their best among the filter's passages only, which is exact."""
+        "overturned" wording under an Upheld filter), or under a narrower filter, the lists nearest
+        the question that hold the filter's passages score those passages only (a category's sit in
+        few lists: all are asked, which is exact)."""
         if not filters.active():
             ids = self._chroma(lambda srv: srv.search(qv[0], n))
             return ids, self.index.store.rows_by_id(ids)
@@ -167,30 +205,26 @@ class Retriever:
         kept = sum(len(s) if m is None else int(m.sum()) for s, m in segs)
         if not kept:
             return [], {}
-        among = kept < OVERFETCH_AT * total
-        if not among:
-            fetch = min(OVERFETCH_MAX, -(-n * total // kept))
-            best = self._chroma(lambda srv: srv.nearest(qv[0], fetch))
-            cand = self._passages_of(best, segs)
-            among = len(cand) < n and len(best) == fetch  # short, and the server has more
-        if among:
-            keys, lists = [], []
-            for s, m in segs:
-                if m is not None and not m.any():
-                    continue
-                k, li = self._server_keys(s)
-                keys.append(np.asarray(k) if m is None else np.asarray(k)[m])
-                lists.append(np.asarray(li) if m is None else np.asarray(li)[m])
-            keys, lists = np.concatenate(keys), np.concatenate(lists)
-            cand = self._passages_of(self._chroma(lambda srv: srv.search_among(qv[0], n, keys, lists)), segs)
         got: dict[str, dict] = {}
-        for i in range(0, len(cand), n):  # a shared vector's passages can be thousands: rows for the best n
+        if kept >= OVERFETCH_AT * total:
+            fetch = min(OVERFETCH_MAX, -(-n * total // kept))
+            got = self._rows(self._passages_of(self._chroma(lambda srv: srv.nearest(qv[0], fetch)), segs), n)
+        if len(got) < n:
+            best = self._chroma(lambda srv: srv.search_among(qv[0], n, self._held(srv, qv[0], segs)))
+            got = self._rows(self._passages_of(best, segs), n)
+        return list(got)[:n], got
+
+    def _rows(self, cand: list[tuple[int, int]], n: int) -> dict[str, dict]:
+        """Rows of the first ``n`` of these passages still in the segment that names them (a letter
+        re-indexed since lives in a newer one), read ``n`` at a time: a shared vector's passages can be
+        thousands."""
+        got: dict[str, dict] = {}
+        for i in range(0, len(cand), n):
             rows = self.index.store.rows([r for r, _ in cand[i:i + n]])
-            # (a letter re-indexed since lives in a newer segment: its row says which)
             got.update((rows[r]["id"], rows[r]) for r, num in cand[i:i + n] if r in rows and rows[r]["seg"] == num)
             if len(got) >= n:
                 break
-        return list(got)[:n], got
+        return got
 
     def _ids(self, found: list[tuple[float, int, int]], rows: dict[int, dict]) -> list[str]:
         """Chunk ids in rank order, of rows that still point at the segment that found them (a
