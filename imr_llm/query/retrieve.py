@@ -27,6 +27,7 @@ RRF_K = 60
 # n, asks the lists for their best among its passages (every one of them named: ids per list).
 OVERFETCH_AT = 0.2
 OVERFETCH_MAX = 1000
+HELD_FILTERS = 4  # filters whose keys per list are kept (a broad one's: 24 bytes a distinct vector)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Retriever:
         self._stemmer = None
         self._keys: dict[int, tuple] = {}  # a segment's vector keys and lists on the Chroma server
         self._sorted: dict[int, tuple] = {}  # and those keys sorted
+        self._held_by: dict[str, dict[int, np.ndarray]] = {}  # a filter's keys in each list
         self._dead: dict[int, np.ndarray | None] = {}  # the positions still live (the segments are fixed for a Retriever's life)
 
     def segments(self) -> list[Segment]:
@@ -171,23 +173,30 @@ class Retriever:
             self._dead[s.num] = ~np.isin(np.asarray(s.rowids), dead) if len(dead) else None
         return self._dead[s.num]
 
-    def _held(self, srv, q: np.ndarray, segs: list) -> dict[int, np.ndarray]:
+    def _held(self, srv, q: np.ndarray, segs: list, sig: str) -> dict[int, np.ndarray]:
         """The filter's distinct vector keys in each of the ``PROBE`` lists nearest the question that
-        hold any (a category's passages sit in few lists: all of them)."""
+        hold any (a category's passages sit in few lists: all of them). A list's keys under a filter
+        do not depend on the question: kept for the last few filters (``sig``)."""
+        known = self._held_by.pop(sig, {})
+        self._held_by[sig] = known  # the most recent last
+        while len(self._held_by) > HELD_FILTERS:
+            self._held_by.pop(next(iter(self._held_by)))
         held: dict[int, np.ndarray] = {}
         segs = [(s, m if self._live(s) is None else (self._live(s) if m is None else m & self._live(s))) for s, m in segs]
         for k in srv.nearest_lists(q):
-            parts = []
-            for s, m in segs:
-                sk, sl, order = self._by_list(s)
-                a, b = np.searchsorted(sl, [k, k + 1])
-                if a < b:
-                    parts.append(sk[a:b] if m is None else sk[a:b][np.asarray(m)[order[a:b]]])
-            got = np.concatenate(parts) if parts else np.zeros(0, "S24")
-            if len(got):
+            if k not in known:
+                parts = []
+                for s, m in segs:
+                    sk, sl, order = self._by_list(s)
+                    a, b = np.searchsorted(sl, [k, k + 1])
+                    if a < b:
+                        parts.append(sk[a:b] if m is None else sk[a:b][np.asarray(m)[order[a:b]]])
+                got = np.concatenate(parts) if parts else np.zeros(0, "S24")
                 if len(parts) > 1:  # sorted runs: a stable sort merges them (np.unique's sort took 2.7 ms at 12k keys)
                     got = np.sort(got, kind="stable")
-                held[k] = got[np.r_[True, got[1:] != got[:-1]]]
+                known[k] = got[np.r_[True, got[1:] != got[:-1]]] if len(got) else got
+            if len(known[k]):
+                held[k] = known[k]
                 if len(held) == PROBE:
                     break
         return held
@@ -212,7 +221,7 @@ class Retriever:
             fetch = min(OVERFETCH_MAX, -(-n * total // kept))
             got = self._rows(self._passages_of(self._chroma(lambda srv: srv.nearest(qv[0], fetch)), segs), n)
         if len(got) < n:
-            best = self._chroma(lambda srv: srv.search_among(qv[0], n, self._held(srv, qv[0], segs)))
+            best = self._chroma(lambda srv: srv.search_among(qv[0], n, self._held(srv, qv[0], segs, repr(filters.sql()))))
             got = self._rows(self._passages_of(best, segs), n)
         return list(got)[:n], got
 
