@@ -279,6 +279,9 @@ class ServerLists:
             return [], np.zeros((0, 0), dtype=np.float32)
         return [c for c, _ in found], np.asarray([v for _, v in found], dtype=np.float32)
 
+    def any_passage(self) -> bool:
+        return self.store.db.execute("SELECT 1 FROM server_vectors LIMIT 1").fetchone() is not None
+
     def passages(self) -> int:
         return self.store.db.execute("SELECT count(*) FROM server_vectors").fetchone()[0]
 

@@ -47,6 +47,7 @@ class Retriever:
         self._sorted: dict[int, tuple] = {}  # and those keys sorted
         self._held_by: dict[str, dict[int, np.ndarray]] = {}  # a filter's keys in each list
         self._dead: dict[int, np.ndarray | None] = {}  # the positions still live (the segments are fixed for a Retriever's life)
+        self._server_ok = False  # the store names vectors on the server (asked once: a count took 49 ms at 3.5M passages)
 
     def segments(self) -> list[Segment]:
         if self._segs is None:
@@ -104,8 +105,10 @@ class Retriever:
         """``ask(server)``, with the server's failures said in one line."""
         try:
             srv = self.index.server
-            if not srv.passages() and self.index.store.count():  # the store has passages, the server none: never BM25 alone silently
-                raise ValueError(f"the Chroma server holds no vectors for the {self.index.store.count()} indexed passages")
+            if not self._server_ok:
+                if not srv.any_passage() and self.index.store.count():  # the store has passages, the server none: never BM25 alone silently
+                    raise ValueError(f"the Chroma server holds no vectors for the {self.index.store.count()} indexed passages")
+                self._server_ok = True
             return ask(srv)
         except IndexProblem:
             raise
@@ -208,10 +211,10 @@ class Retriever:
         "overturned" wording under an Upheld filter), or under a narrower filter, the lists nearest
         the question that hold the filter's passages score those passages only (a category's sit in
         few lists: all are asked, which is exact)."""
-        if not filters.active():
-            ids = self._chroma(lambda srv: srv.search(qv[0], n))
-            return ids, self.index.store.rows_by_id(ids)
         segs = [(s, masks.get(s.num)) for s in self.segments()]
+        if not filters.active():  # the passages of the best vectors, found in memory (the store's join took 14 ms)
+            got = self._rows(self._passages_of(self._chroma(lambda srv: srv.nearest(qv[0], n)), segs), n)
+            return list(got)[:n], got
         total = sum(len(s) for s, _ in segs)
         kept = sum(len(s) if m is None else int(m.sum()) for s, m in segs)
         if not kept:
@@ -257,7 +260,7 @@ class Retriever:
         masks = self._masks(filters) if filters.active() else {}
         lex_found = self.lexical(query, n, masks)
         if self.index.remote_vectors:
-            return self._search_server(qv, n, k, filters, per_letter, lex_found, masks)
+            return self._search_server(self._server_dense(qv, n, filters, masks), k, filters, per_letter, lex_found)
         dense_found = self.dense(qv, n, masks)
         rows = self.index.store.rows({r for _, r, _ in lex_found + dense_found})
         by_id = {d["id"]: d for d in rows.values()}
@@ -266,11 +269,11 @@ class Retriever:
             dense, lex = [c for c in dense if filters.match(by_id[c])], [c for c in lex if filters.match(by_id[c])]
         return fuse({"dense": dense, "lexical": lex}, by_id, k, per_letter)
 
-    def _search_server(self, qv, n, k, filters, per_letter, lex_found, masks) -> list[Hit]:
+    def _search_server(self, dense_got, k, filters, per_letter, lex_found) -> list[Hit]:
         rows = self.index.store.rows({r for _, r, _ in lex_found})
         lex = self._ids(lex_found, rows)
         by_id = {d["id"]: d for d in rows.values()}
-        dense, got = self._server_dense(qv, n, filters, masks)
+        dense, got = dense_got
         by_id.update(got)
         dense = [c for c in dense if c in by_id]
         if filters.active():  # the store has the last word
