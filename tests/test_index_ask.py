@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import re
 import sqlite3
 from pathlib import Path
 
@@ -124,12 +125,17 @@ def test_chroma_server_path(tmp_path, monkeypatch, seed_dir, chroma_server):
         import numpy as np
         client = chromadb.HttpClient(host="127.0.0.1", port=port)
         names = sorted(c if isinstance(c, str) else c.name for c in client.list_collections())
-        lists = [n for n in names if n.startswith("imr_chunks-l")]
+        lists = [n for n in names if re.fullmatch(r"imr_chunks-l\d\d", n)]
         assert "imr_chunks-centroids" in names and lists  # inverted lists, one collection each
         db = sqlite3.connect(Path(os.environ["IMR_DATA_DIR"]) / "index" / "store.sqlite")
         passages, distinct = db.execute("SELECT count(*), count(DISTINCT vkey) FROM server_vectors").fetchone()
         assert passages == db.execute("SELECT count(*) FROM chunks").fetchone()[0]
         assert sum(client.get_collection(n).count() for n in lists) == distinct  # each vector once
+        # and each decision's copy of a list: the vectors of that decision's passages, once
+        for suffix, side in (("u", 1), ("o", 2)):
+            copies = [n for n in names if re.fullmatch(rf"imr_chunks-l\d\d{suffix}", n)]
+            want = db.execute("SELECT count(DISTINCT vkey) FROM server_vectors WHERE vside=?", (side,)).fetchone()[0]
+            assert sum(client.get_collection(n).count() for n in copies) == want and (want > 0 or side == 2)
         col = client.get_collection(lists[0])
         hnsw = col.configuration_json["hnsw"]  # cosine, searched wider than Chroma's default
         assert hnsw["space"] == "cosine" and hnsw["ef_search"] == 1000

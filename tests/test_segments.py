@@ -335,6 +335,15 @@ def test_chroma_server_search_over_segments_finds_what_the_local_index_finds(rec
         # the changed letter's first passages are dead in segment 1 (their vectors left the server)
         assert len(idx.store.dead_rowids(1)) == idx.store.db.execute(
             "SELECT count(*) FROM chunks WHERE letter_id=?", (rec["letter_id"],)).fetchone()[0] > 0
+        # each decision's copy of the lists holds exactly the vectors its passages have (the changed
+        # letter's old ones gone), in the list that holds the vector
+        srv, db = idx.server, idx.store.db
+        assert srv.sided
+        for side, decision in ((1, "Upheld"), (2, "Overturned")):
+            want = set(db.execute("SELECT DISTINCT s.vkey, s.vlist FROM server_vectors s JOIN chunk_rows c ON c.rowid = s.rowid "
+                                  "WHERE c.decision = ?", (decision,)))
+            have = {(key, k) for k in range(len(srv.centroids())) for key in srv.list_collection(k, side).get(include=[])["ids"]}
+            assert want and have == want
         idx.close()
         monkeypatch.setattr(retrieve, "OVERFETCH_AT", 0.3)
         served = searches(tmp_path / "server")

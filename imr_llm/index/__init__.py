@@ -28,6 +28,9 @@ from .segments import (IVF_MIN, MERGE_AT, SEGMENT_MAX, Columns, Segment, Segment
                        seg_root)
 from .store import INDEX_FORMAT, Store
 from .vectors import LISTS, TRAIN_PER_LIST, ServerLists, server_keys
+from ..core.filters import COLUMNS
+
+_DECISION = list(COLUMNS).index("decision")  # a chunk's facets are COLUMNS' values, in order
 
 COLLECTION = "imr_chunks"
 ITEMS_FILE = "items.npz"  # the items table as columns (stats, the page)
@@ -393,7 +396,7 @@ class _Writer:
                 return  # more to train from (passages embedded the same train one centroid once)
             if srv.centroids() is None:
                 srv.train(vecs)
-            srv.add([r for _, rs in self.upserts for r in rs], vecs)
+            srv.add([r for _, rs in self.upserts for r in rs], vecs, [c.facets[_DECISION] for p, _ in self.upserts for c in p.chunks])
             self.upserts = []
         if last:
             srv.send()  # every vector waiting, before the store commits the rows that name them

@@ -70,6 +70,11 @@ TRAIN_PER_LIST = 39  # vectors per centroid to train from (faiss's own minimum)
 EF_SEARCH = 1000
 SEND_AT = 1000  # vectors a list gathers before one upsert (64 small upserts a batch ran at ~160 vectors/s)
 _KEY_BATCH = 900  # SQLite's variables per statement, with room
+# A decision's own copy of each list (NAME-l07u, NAME-l07o): the vectors that Upheld (Overturned)
+# passages have. A filter keeping only Upheld passages asks those, and names no ids: naming a broad
+# filter's tens of thousands of ids a list took 25-65 ms a list on the server at 3.5M passages.
+SIDES = {"Upheld": 1, "Overturned": 2}
+_SUFFIX = {0: "", 1: "u", 2: "o"}
 
 
 def server_keys(store, rowids) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +105,8 @@ class ServerLists:
         self.client = chroma_client(Path("."))
         self._cols: dict[int, object] = {}
         self._centroids: np.ndarray | None = None
-        self._unused: dict[str, int] = {}  # vector key -> list, of removed passages
-        self._pending: dict[int, dict[str, np.ndarray]] = {}  # list -> vectors not yet sent
+        self._unused: dict[tuple[str, int], int] = {}  # (vector key, side) -> list, of removed passages
+        self._pending: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # (list, side) -> vectors not yet sent
 
     # -- collections
     def _collection(self, name: str):
@@ -114,10 +119,16 @@ class ServerLists:
                                f"rebuild with `imr index --rebuild RECORDS`")
         return col
 
-    def list_collection(self, k: int):
-        if k not in self._cols:
-            self._cols[k] = self._collection(f"{self.base}-l{k:02d}")
-        return self._cols[k]
+    def list_collection(self, k: int, side: int = 0):
+        """List ``k``'s collection: every vector once (side 0), or a decision's copy (``SIDES``)."""
+        if (k, side) not in self._cols:
+            self._cols[k, side] = self._collection(f"{self.base}-l{k:02d}{_SUFFIX[side]}")
+        return self._cols[k, side]
+
+    @property
+    def sided(self) -> bool:
+        """The lists have their decisions' copies (an index built before them has not)."""
+        return self.store.get_meta("server_sides") == "1"
 
     def centroids(self) -> np.ndarray | None:
         """The lists' centroids (None until the first vectors are added)."""
@@ -144,37 +155,51 @@ class ServerLists:
             km.train(x)
             c = km.centroids
         self._collection(f"{self.base}-centroids").upsert(ids=[f"c{i:02d}" for i in range(len(c))], embeddings=c.tolist())
+        if "vside" not in {r[1] for r in self.store.db.execute("PRAGMA table_info(server_vectors)")}:
+            self.store.db.execute("ALTER TABLE server_vectors ADD COLUMN vside INTEGER DEFAULT 0")
         self.store.set_meta("server_lists", str(len(c)))
+        self.store.set_meta("server_sides", "1")
         self._centroids = np.asarray(c, dtype=np.float32)
 
     # -- writing
-    def add(self, rowids: list[int], vecs: np.ndarray) -> None:
-        """Each passage's vector to its list, once per distinct vector; the rows that say where commit
-        with the segment (a vector upserted by a run that is then killed is upserted again: same id)."""
+    def add(self, rowids: list[int], vecs: np.ndarray, decisions: list[str] | None = None) -> None:
+        """Each passage's vector to its list, once per distinct vector, and to its decision's copy of
+        the list; the rows that say where commit with the segment (a vector upserted by a run that is
+        then killed is upserted again: same id)."""
         v16 = np.asarray(vecs, dtype=np.float16)
         keys = [vector_key(v) for v in v16]
         lists = np.argmax(v16.astype(np.float32) @ self.centroids().T, axis=1)
-        have: set[str] = set()
+        sided = self.sided
+        sides = [SIDES.get(d, 0) for d in decisions] if sided and decisions is not None else [0] * len(keys)
+        have: set[tuple[str, int]] = set()  # (key, 0) on the server; (key, side) in that side's copy
         uniq = list(dict.fromkeys(keys))
         for i in range(0, len(uniq), _KEY_BATCH):
             part = uniq[i:i + _KEY_BATCH]
-            have.update(r[0] for r in self.store.db.execute(
-                f"SELECT DISTINCT vkey FROM server_vectors WHERE vkey IN ({','.join('?' * len(part))})", part))
-        new: dict[int, dict[str, np.ndarray]] = {}
-        for key, k, v in zip(keys, lists, v16):
-            if key not in have:
-                new.setdefault(int(k), {})[key] = v
-        for k, kv in new.items():
-            self._pending.setdefault(k, {}).update(kv)
-            if len(self._pending[k]) >= SEND_AT:
-                self._send(k)
-        self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist) VALUES (?,?,?)",
-                                  [(r, key, int(k)) for r, key, k in zip(rowids, keys, lists)])
+            q = ",".join("?" * len(part))
+            sql = (f"SELECT DISTINCT vkey, vside FROM server_vectors WHERE vkey IN ({q})" if sided
+                   else f"SELECT DISTINCT vkey, 0 FROM server_vectors WHERE vkey IN ({q})")
+            for key, side in self.store.db.execute(sql, part):
+                have.update({(key, 0), (key, side or 0)})
+        new: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        for key, k, v, side in zip(keys, lists, v16, sides):
+            for sd in {0, side}:
+                if (key, sd) not in have:
+                    new.setdefault((int(k), sd), {})[key] = v
+        for ks, kv in new.items():
+            self._pending.setdefault(ks, {}).update(kv)
+            if len(self._pending[ks]) >= SEND_AT:
+                self._send(ks)
+        if sided:
+            self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist, vside) VALUES (?,?,?,?)",
+                                      [(r, key, int(k), sd) for r, key, k, sd in zip(rowids, keys, lists, sides)])
+        else:
+            self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist) VALUES (?,?,?)",
+                                      [(r, key, int(k)) for r, key, k in zip(rowids, keys, lists)])
 
-    def _send(self, k: int) -> None:
-        kv = self._pending.pop(k, {})
+    def _send(self, ks: tuple[int, int]) -> None:
+        kv = self._pending.pop(ks, {})
         if kv:
-            self.list_collection(k).upsert(ids=list(kv), embeddings=np.vstack(list(kv.values())).astype(np.float32).tolist())
+            self.list_collection(*ks).upsert(ids=list(kv), embeddings=np.vstack(list(kv.values())).astype(np.float32).tolist())
 
     def send(self) -> None:
         """Every vector still waiting, before the store commits the rows that name them."""
@@ -184,22 +209,28 @@ class ServerLists:
     def remove(self, rowids: list[int]) -> None:
         """Passages gone from the store: their rows now; the vectors no passage shares any more
         leave the server after the store commits (``delete_unused``), so a killed run loses none."""
-        db = self.store.db
+        db, side = self.store.db, "vside" if self.sided else "0"
         for i in range(0, len(rowids), _KEY_BATCH):
             part = rowids[i:i + _KEY_BATCH]
             q = ",".join("?" * len(part))
-            self._unused.update(db.execute(f"SELECT vkey, vlist FROM server_vectors WHERE rowid IN ({q})", part).fetchall())
+            for key, k, sd in db.execute(f"SELECT vkey, vlist, {side} FROM server_vectors WHERE rowid IN ({q})", part):
+                self._unused[key, 0] = k
+                if sd:
+                    self._unused[key, sd] = k
             db.execute(f"DELETE FROM server_vectors WHERE rowid IN ({q})", part)
 
     def delete_unused(self) -> None:
         """After a commit: delete the removed passages' vectors that no committed row names (a
         changed letter's unchanged passages named theirs again)."""
-        orphans: dict[int, list[str]] = {}
-        for key, k in self._unused.items():
-            if not self.store.db.execute("SELECT 1 FROM server_vectors WHERE vkey=? LIMIT 1", (key,)).fetchone():
-                orphans.setdefault(k, []).append(key)
-        for k, ks in orphans.items():
-            self.list_collection(k).delete(ids=ks)
+        orphans: dict[tuple[int, int], list[str]] = {}
+        for (key, sd), k in self._unused.items():
+            named = self.store.db.execute("SELECT 1 FROM server_vectors WHERE vkey=? LIMIT 1" if not sd else
+                                          "SELECT 1 FROM server_vectors WHERE vkey=? AND vside=? LIMIT 1",
+                                          (key,) if not sd else (key, sd)).fetchone()
+            if not named:
+                orphans.setdefault((k, sd), []).append(key)
+        for ks, keys in orphans.items():
+            self.list_collection(*ks).delete(ids=keys)
         self._unused = {}
 
     # -- reading
@@ -208,14 +239,15 @@ class ServerLists:
         at 700k passages, then ~3 ms a query)."""
         c = self.centroids()
         if c is not None:
-            list(threads("imr-chroma", 8).map(lambda k: self.list_collection(k).query(
-                query_embeddings=[c[k].tolist()], n_results=1, include=["distances"]), range(len(c))))
+            cols = [(k, sd) for k in range(len(c)) for sd in ((0, *SIDES.values()) if self.sided else (0,))]
+            list(threads("imr-chroma", 8).map(lambda ks: self.list_collection(*ks).query(
+                query_embeddings=[c[ks[0]].tolist()], n_results=1, include=["distances"]), cols))
 
-    def _ask(self, q: np.ndarray, n: int, lists, ids: dict | None = None) -> list[tuple[float, str, int]]:
-        """The ``n`` best vectors of these lists (of ``ids[list]`` only, if given): (similarity, key,
-        list), best first."""
+    def _ask(self, q: np.ndarray, n: int, lists, ids: dict | None = None, side: int = 0) -> list[tuple[float, str, int]]:
+        """The ``n`` best vectors of these lists (of ``ids[list]`` only, if given; of a decision's
+        copies, ``side``): (similarity, key, list), best first."""
         def one(k):
-            col, kw = self.list_collection(k), {"ids": ids[k]} if ids is not None else {}
+            col, kw = self.list_collection(k, side), {"ids": ids[k]} if ids is not None else {}
             ask = dict(query_embeddings=[q.tolist()], n_results=min(n, len(ids[k])) if ids else n, include=["distances"])
             try:
                 return k, col.query(**ask, **kw)
@@ -239,9 +271,10 @@ class ServerLists:
         c = self.centroids()
         return [] if c is None else [int(k) for k in np.argsort(-(c @ q))]
 
-    def nearest(self, q: np.ndarray, n: int) -> list[tuple[float, str, int]]:
-        """The ``n`` best vectors of the ``PROBE`` lists nearest the question: (similarity, key, list)."""
-        return self._ask(q, n, self.nearest_lists(q)[:PROBE])
+    def nearest(self, q: np.ndarray, n: int, side: int = 0) -> list[tuple[float, str, int]]:
+        """The ``n`` best vectors of the ``PROBE`` lists nearest the question (of their copies for a
+        decision, ``side``): (similarity, key, list)."""
+        return self._ask(q, n, self.nearest_lists(q)[:PROBE], side=side)
 
     def search(self, q: np.ndarray, n: int) -> list[str]:
         """Chunk ids of the ``n`` best passages (of the ``n`` best vectors, in rank order)."""
@@ -254,11 +287,12 @@ class ServerLists:
                                           f"WHERE s.vkey IN ({','.join('?' * len(part))})", part).fetchall()
         return [cid for _, cid in sorted(rows, key=lambda r: (rank[r[0]], r[1]))][:n]
 
-    def search_among(self, q: np.ndarray, n: int, held: dict[int, np.ndarray]) -> list[tuple[float, str, int]]:
+    def search_among(self, q: np.ndarray, n: int, held: dict[int, np.ndarray], side: int = 0) -> list[tuple[float, str, int]]:
         """The ``n`` best of a filter's vectors, ``held[list]`` the distinct keys (bytes) it has in each
-        list asked (``ids=``: the server scores them, nothing is fetched): (similarity, key, list)."""
-        held = {k: [x.decode() for x in v] for k, v in held.items() if len(v)}
-        return self._ask(q, n, list(held), held) if held else []
+        list asked (``ids=``: the server scores them, nothing is fetched; in a decision's copies of
+        the lists when all its passages have that decision, ``side``): (similarity, key, list)."""
+        held = {k: v.astype("U24").tolist() for k, v in held.items() if len(v)}
+        return self._ask(q, n, list(held), held, side) if held else []
 
     def vectors_of(self, chunk_ids: list[str]) -> tuple[list[str], np.ndarray]:
         """The vectors of these passages, read from the server: (ids found, matrix)."""

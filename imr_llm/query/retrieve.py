@@ -7,7 +7,8 @@ newer segment since is dropped (its row says which segment holds it). Filters: a
 segment's facet columns restricts both searches in one pass, and the store has the last word on
 every row. With a Chroma server (``IMR_CHROMA_URL``) the dense side asks its lists instead
 (``index/vectors.py``): a broad filter keeps its passages of over-fetched vectors, a narrower one (or a
-broad one whose over-fetch runs short) has the lists score only its passages.
+broad one whose over-fetch runs short) has the lists score only its passages; a filter of one
+decision asks that decision's copies of the lists.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from ..core.filters import Filters
 from ..index import Index, IndexProblem
 from ..index.segments import Segment, merged
-from ..index.vectors import PROBE, server_keys
+from ..index.vectors import PROBE, SIDES, server_keys
 from ..procs import threads  # noqa: F401  (the page takes its pools from here too)
 
 RRF_K = 60
@@ -47,6 +48,8 @@ class Retriever:
         self._sorted: dict[int, tuple] = {}  # and those keys sorted
         self._held_by: dict[str, dict[int, np.ndarray]] = {}  # a filter's keys in each list
         self._dead: dict[int, np.ndarray | None] = {}  # the positions still live (the segments are fixed for a Retriever's life)
+        self._decided: dict[tuple[int, str], tuple[np.ndarray, int]] = {}  # a segment's passages of a decision, and their count
+        self._side_by: dict[str, tuple[int, int]] = {}  # a filter's decision copy of the lists (``_side``)
         self._server_ok = False  # the store names vectors on the server (asked once: a count took 49 ms at 3.5M passages)
 
     def segments(self) -> list[Segment]:
@@ -204,6 +207,31 @@ class Retriever:
                     break
         return held
 
+    def _side(self, segs: list, sig: str) -> tuple[int, int]:
+        """(the decision copy of the lists, its passages) when every passage the filter keeps has that
+        decision ("why were these upheld?"), else (0, 0): the copy holds the filter's vectors and few
+        others, so it is asked without naming ids. An index built before the copies has none."""
+        if sig not in self._side_by:
+            got = (0, 0)
+            if self.index.server.sided:
+                for name, side in SIDES.items():
+                    total = 0
+                    for s, m in segs:
+                        if (s.num, name) not in self._decided:
+                            d = Filters.of(decision=name).facet_mask(s.facets())
+                            self._decided[s.num, name] = (d, int(d.sum()))
+                        d, cnt = self._decided[s.num, name]
+                        if m is None or (m & ~d).any():
+                            break
+                        total += cnt
+                    else:
+                        got = (side, total)
+                        break
+            while len(self._side_by) >= HELD_FILTERS * 4:
+                self._side_by.pop(next(iter(self._side_by)))
+            self._side_by[sig] = got
+        return self._side_by[sig]
+
     def _server_dense(self, qv: np.ndarray, n: int, filters: Filters, masks: dict) -> tuple[list[str], dict[str, dict]]:
         """The server's best ``n`` passages (chunk ids, and the rows read for them). Under a filter
         keeping most passages, the best vectors are over-fetched and the filter's passages of them
@@ -220,11 +248,14 @@ class Retriever:
         if not kept:
             return [], {}
         got: dict[str, dict] = {}
-        if kept >= OVERFETCH_AT * total:
-            fetch = min(OVERFETCH_MAX, -(-n * total // kept))
-            got = self._rows(self._passages_of(self._chroma(lambda srv: srv.nearest(qv[0], fetch)), segs), n)
+        sig = repr(filters.sql())
+        side, pool = self._chroma(lambda srv: self._side(segs, sig))
+        pool = pool or total
+        if kept >= OVERFETCH_AT * pool:
+            fetch = min(OVERFETCH_MAX, -(-n * pool // kept))
+            got = self._rows(self._passages_of(self._chroma(lambda srv: srv.nearest(qv[0], fetch, side)), segs), n)
         if len(got) < n:
-            best = self._chroma(lambda srv: srv.search_among(qv[0], n, self._held(srv, qv[0], segs, repr(filters.sql()))))
+            best = self._chroma(lambda srv: srv.search_among(qv[0], n, self._held(srv, qv[0], segs, sig), side))
             got = self._rows(self._passages_of(best, segs), n)
         return list(got)[:n], got
 
