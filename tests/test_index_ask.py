@@ -340,3 +340,34 @@ def test_server_lists_against_a_real_chroma_run(tmp_path, chroma_server):
             assert np.allclose([s for s, _, _ in got], ex[:len(got)], atol=2e-3)
         ids, mat = srv.vectors_of(["L2:0:0", "L242:0:0"])
         assert sorted(ids) == ["L242:0:0", "L2:0:0"] and np.allclose(mat[0], mat[1]) and np.allclose(mat[0], m[1], atol=1e-3)
+
+
+def test_upserts_the_server_did_not_take_fail_before_the_store_commits(tmp_path, chroma_server):
+    """Upserts run beside the writer (it goes on while the server inserts); one the server did not
+    take raises at ``send()``, which the writer calls before the store commits the rows naming it."""
+    import numpy as np
+    import pytest
+    from imr_llm.index.store import Store
+    from imr_llm.index.vectors import ServerLists
+
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(240, 32))
+    v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
+    st = Store(tmp_path / "store.sqlite")
+    st.db.executemany("INSERT INTO chunks (rowid, id, letter_id, item, n) VALUES (?,?,?,?,?)",
+                      [(r, f"L{r}:0:0", f"L{r}", 0, 0) for r in range(1, 481)])
+    with chroma_server(tmp_path / "srv"):
+        srv = ServerLists(st, "t", "test-embedder", None)
+        srv.train(v)
+        srv.add(list(range(1, 241)), v, ["Upheld"] * 240)
+        srv.send()
+        st.commit()
+        assert srv.passages() == 240
+    # the server is gone; the lists' collections are known, so the upserts are sent, and fail
+    w = (v.astype(np.float32) + 0.01 * rng.normal(size=v.shape)).astype(np.float16)
+    srv.add(list(range(241, 481)), w, ["Upheld"] * 240)
+    assert not srv._sent  # nothing sent yet (fewer than SEND_AT vectors a list)
+    with pytest.raises(Exception):
+        srv.send()
+    st.rollback()
+    assert st.db.execute("SELECT count(*) FROM server_vectors WHERE rowid > 240").fetchone()[0] == 0

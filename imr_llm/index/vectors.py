@@ -69,6 +69,7 @@ PROBE = 12
 TRAIN_PER_LIST = 39  # vectors per centroid to train from (faiss's own minimum)
 EF_SEARCH = 1000
 SEND_AT = 1000  # vectors a list gathers before one upsert (64 small upserts a batch ran at ~160 vectors/s)
+IN_FLIGHT = 4  # upserts sent and not yet answered: the writer goes on while the server inserts
 _KEY_BATCH = 900  # SQLite's variables per statement, with room
 # A decision's own copy of each list (NAME-l07u, NAME-l07o): the vectors that Upheld (Overturned)
 # passages have. A filter keeping only Upheld passages asks those, and names no ids: naming a broad
@@ -107,6 +108,7 @@ class ServerLists:
         self._centroids: np.ndarray | None = None
         self._unused: dict[tuple[str, int], int] = {}  # (vector key, side) -> list, of removed passages
         self._pending: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # (list, side) -> vectors not yet sent
+        self._sent: list = []  # upserts under way (futures), answered before the store commits
 
     # -- collections
     def _collection(self, name: str):
@@ -199,12 +201,20 @@ class ServerLists:
     def _send(self, ks: tuple[int, int]) -> None:
         kv = self._pending.pop(ks, {})
         if kv:
-            self.list_collection(*ks).upsert(ids=list(kv), embeddings=np.vstack(list(kv.values())).astype(np.float32).tolist())
+            col, ids = self.list_collection(*ks), list(kv)
+            emb = np.vstack(list(kv.values())).astype(np.float32).tolist()
+            self._sent.append(threads("imr-chroma-send", 1).submit(lambda: col.upsert(ids=ids, embeddings=emb)))
+            while len(self._sent) > IN_FLIGHT:
+                self._sent.pop(0).result()
 
     def send(self) -> None:
-        """Every vector still waiting, before the store commits the rows that name them."""
+        """Every vector still waiting, and every upsert answered, before the store commits the rows
+        that name them (an upsert that failed raises here: nothing is committed)."""
         for k in list(self._pending):
             self._send(k)
+        sent, self._sent = self._sent, []
+        for f in sent:
+            f.result()
 
     def remove(self, rowids: list[int]) -> None:
         """Passages gone from the store: their rows now; the vectors no passage shares any more
