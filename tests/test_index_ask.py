@@ -371,3 +371,52 @@ def test_upserts_the_server_did_not_take_fail_before_the_store_commits(tmp_path,
         srv.send()
     st.rollback()
     assert st.db.execute("SELECT count(*) FROM server_vectors WHERE rowid > 240").fetchone()[0] == 0
+
+
+def test_decision_copies_are_routed_by_their_own_centroids(tmp_path, chroma_server, monkeypatch):
+    """A question near lists holding only Overturned passages: its best Upheld vectors are in other
+    lists. A decision's copies are routed by that decision's centroids (kept in the store with the
+    rows), so the one list asked is the one holding them."""
+    import numpy as np
+    import imr_llm.index.vectors as vectors
+    from imr_llm.index.store import Store
+    from imr_llm.index.vectors import ServerLists, vector_key
+
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(size=32), rng.normal(size=32)
+    v = np.vstack([a + 0.2 * rng.normal(size=(120, 32)), b + 0.2 * rng.normal(size=(120, 32))])
+    v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
+    decisions = ["Overturned"] * 120 + ["Upheld"] * 120
+    st = Store(tmp_path / "store.sqlite")
+    st.db.executemany("INSERT INTO chunks (rowid, id, letter_id, item, n) VALUES (?,?,?,?,?)",
+                      [(r, f"L{r}:0:0", f"L{r}", 0, 0) for r in range(1, 241)])
+    with chroma_server(tmp_path / "srv"):
+        srv = ServerLists(st, "t", "test-embedder", None)
+        srv.train(np.vstack([v[:40], v[120:160]]))  # 80 vectors: two lists, one a cluster
+        srv.add(list(range(1, 241)), v, decisions)
+        srv.send()
+        st.commit()
+        m = v.astype(np.float32)
+        lists = np.array([k for (k,) in st.db.execute("SELECT vlist FROM server_vectors ORDER BY rowid")])
+        assert set(lists[:120]) == {lists[0]} and set(lists[120:]) == {lists[120]} != {lists[0]}
+        # the Upheld sums are the Upheld passages' vectors, per list; the Overturned list has none of them
+        got = srv.side_centroids(1)
+        want = m[120:].astype(np.float64).sum(axis=0)
+        assert np.allclose(got[lists[120]], want / np.linalg.norm(want), atol=1e-5) and not got[lists[0]].any()
+        q = 0.8 * a / np.linalg.norm(a) + 0.6 * b / np.linalg.norm(b)
+        q = (q / np.linalg.norm(q)).astype(np.float32)
+        monkeypatch.setattr(vectors, "PROBE", 1)
+        assert srv.nearest_lists(q)[0] == lists[0]  # the lists' own centroids send it to the Overturned list
+        assert srv._ask(q, 10, srv.nearest_lists(q)[:1], side=1) == []  # whose Upheld copy is empty
+        best = srv.nearest(q, 10, side=1)
+        ex = m[120:] @ q
+        assert [k for _, k, _ in best] == [vector_key(v[120 + i]) for i in np.argsort(-ex)[:10]]
+        # read back from the store by another reader: the same routing
+        again = ServerLists(st, "t", "test-embedder", None)
+        assert np.allclose(again.side_centroids(1), got) and again.nearest_lists(q, 1)[0] == lists[120]
+        # rows rolled back: what the writer summed for them goes too
+        srv.add([1], v[120:121], ["Upheld"])
+        srv.send()
+        st.rollback()
+        srv.forget_unsent()
+        assert np.allclose(srv.side_centroids(1), got)

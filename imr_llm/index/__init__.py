@@ -194,6 +194,8 @@ class Index:
             return _Writer(self, batch, on_letter).run(prepared)
         except BaseException:
             self.store.rollback()  # never leave a half-written transaction holding the lock
+            if self._server is not None:
+                self._server.forget_unsent()
             raise
 
     def write_items(self, since: str | None = None) -> None:

@@ -48,6 +48,8 @@ CREATE INDEX IF NOT EXISTS items_decision ON items(decision, category);
 CREATE TABLE IF NOT EXISTS segments (num INTEGER PRIMARY KEY, chunks INTEGER);
 CREATE TABLE IF NOT EXISTS server_vectors (rowid INTEGER PRIMARY KEY, vkey TEXT, vlist INTEGER);
 CREATE INDEX IF NOT EXISTS server_vectors_key ON server_vectors(vkey);
+-- per Chroma list and decision, the sum of that decision's passages' vectors (routing a decision's questions)
+CREATE TABLE IF NOT EXISTS server_side_sums (vlist INTEGER, vside INTEGER, vsum BLOB, PRIMARY KEY (vlist, vside)) WITHOUT ROWID;
 -- positions of older segments whose passages were replaced (a segment's files are never rewritten)
 CREATE TABLE IF NOT EXISTS dead_rows (seg INTEGER, rowid INTEGER, PRIMARY KEY (seg, rowid)) WITHOUT ROWID;
 """

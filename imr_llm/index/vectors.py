@@ -76,6 +76,11 @@ _KEY_BATCH = 900  # SQLite's variables per statement, with room
 # filter's tens of thousands of ids a list took 25-65 ms a list on the server at 3.5M passages.
 SIDES = {"Upheld": 1, "Overturned": 2}
 _SUFFIX = {0: "", 1: "u", 2: "o"}
+# A decision's copies are routed by that decision's own centroids (the mean of its passages' vectors
+# in each list), not the lists': a question worded toward overturning sits near lists full of
+# Overturned passages, whose few Upheld ones are not the best Upheld ones. Exact scan of the 12
+# lists asked, 40k letters, 24 questions: Upheld recall@10 0.79 (worst 0.0) routed by the lists'
+# centroids, 1.0 (worst 1.0) by Upheld's; Overturned 0.83 (0.0) and 1.0 (1.0). BENCHMARKS.md, stop 30.
 
 
 def server_keys(store, rowids) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +114,9 @@ class ServerLists:
         self._unused: dict[tuple[str, int], int] = {}  # (vector key, side) -> list, of removed passages
         self._pending: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # (list, side) -> vectors not yet sent
         self._sent: list = []  # upserts under way (futures), answered before the store commits
+        self._sums: dict[int, np.ndarray] | None = None  # side -> (lists, dim) float64 sums of its passages' vectors
+        self._sums_changed = False
+        self._side_centroids: dict[int, np.ndarray | None] = {}
 
     # -- collections
     def _collection(self, name: str):
@@ -192,11 +200,36 @@ class ServerLists:
             if len(self._pending[ks]) >= SEND_AT:
                 self._send(ks)
         if sided:
+            self._add_sums(lists, v16, np.asarray(sides))
             self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist, vside) VALUES (?,?,?,?)",
                                       [(r, key, int(k), sd) for r, key, k, sd in zip(rowids, keys, lists, sides)])
         else:
             self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist) VALUES (?,?,?)",
                                       [(r, key, int(k)) for r, key, k in zip(rowids, keys, lists)])
+
+    def _side_sums(self, dim: int) -> dict[int, np.ndarray]:
+        if self._sums is None:
+            n = len(self.centroids())
+            self._sums = {side: np.zeros((n, dim)) for side in SIDES.values()}
+            for k, side, blob in self.store.db.execute("SELECT vlist, vside, vsum FROM server_side_sums"):
+                self._sums[side][k] = np.frombuffer(blob, dtype=np.float64)
+        return self._sums
+
+    def _add_sums(self, lists: np.ndarray, v16: np.ndarray, sides: np.ndarray) -> None:
+        """Each decision's passages' vectors added to its sums per list (written by ``send``, with
+        the rows, before the store commits; a removed passage's vector stays in them until a
+        rebuild: they only route)."""
+        sums = self._side_sums(v16.shape[1])
+        for side in SIDES.values():
+            sel = sides == side
+            if sel.any():
+                np.add.at(sums[side], lists[sel], v16[sel].astype(np.float64))
+                self._sums_changed = True
+
+    def forget_unsent(self) -> None:
+        """After the store rolled back: what this writer held for its uncommitted rows."""
+        self._sums, self._sums_changed, self._pending, self._unused = None, False, {}, {}
+        self._side_centroids = {}
 
     def _send(self, ks: tuple[int, int]) -> None:
         kv = self._pending.pop(ks, {})
@@ -212,6 +245,10 @@ class ServerLists:
         that name them (an upsert that failed raises here: nothing is committed)."""
         for k in list(self._pending):
             self._send(k)
+        if self._sums_changed:
+            self.store.db.executemany("INSERT OR REPLACE INTO server_side_sums (vlist, vside, vsum) VALUES (?,?,?)",
+                                      [(k, side, m[k].tobytes()) for side, m in self._sums.items() for k in range(len(m))])
+            self._sums_changed, self._side_centroids = False, {}
         sent, self._sent = self._sent, []
         for f in sent:
             f.result()
@@ -276,15 +313,34 @@ class ServerLists:
         best = sorted(scored, key=lambda key: (-scored[key][0], key))[:n]
         return [(scored[key][0], key, scored[key][1]) for key in best]
 
-    def nearest_lists(self, q: np.ndarray) -> list[int]:
-        """Every list, nearest the question first."""
+    def side_centroids(self, side: int) -> np.ndarray | None:
+        """A decision's centroid in each list (the mean of its passages' vectors there; a list with
+        none of them: zeros), or None for an index written before they were kept."""
+        if side not in self._side_centroids:
+            rows = self.store.db.execute("SELECT vlist, vsum FROM server_side_sums WHERE vside=?", (side,)).fetchall()
+            c = self.centroids()
+            if not rows or c is None:
+                self._side_centroids[side] = None
+            else:
+                m = np.zeros(c.shape, dtype=np.float64)
+                for k, blob in rows:
+                    m[k] = np.frombuffer(blob, dtype=np.float64)
+                m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+                self._side_centroids[side] = m.astype(np.float32)
+        return self._side_centroids[side]
+
+    def nearest_lists(self, q: np.ndarray, side: int = 0) -> list[int]:
+        """Every list, nearest the question first (by a decision's own centroids, ``side``)."""
         c = self.centroids()
-        return [] if c is None else [int(k) for k in np.argsort(-(c @ q))]
+        if c is None:
+            return []
+        sc = self.side_centroids(side) if side else None
+        return [int(k) for k in np.argsort(-((c if sc is None else sc) @ q), kind="stable")]
 
     def nearest(self, q: np.ndarray, n: int, side: int = 0) -> list[tuple[float, str, int]]:
         """The ``n`` best vectors of the ``PROBE`` lists nearest the question (of their copies for a
-        decision, ``side``): (similarity, key, list)."""
-        return self._ask(q, n, self.nearest_lists(q)[:PROBE], side=side)
+        decision, ``side``, routed by its centroids): (similarity, key, list)."""
+        return self._ask(q, n, self.nearest_lists(q, side)[:PROBE], side=side)
 
     def search(self, q: np.ndarray, n: int) -> list[str]:
         """Chunk ids of the ``n`` best passages (of the ``n`` best vectors, in rank order)."""

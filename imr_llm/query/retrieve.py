@@ -179,7 +179,7 @@ class Retriever:
             self._dead[s.num] = ~np.isin(np.asarray(s.rowids), dead) if len(dead) else None
         return self._dead[s.num]
 
-    def _held(self, srv, q: np.ndarray, segs: list, sig: str) -> dict[int, np.ndarray]:
+    def _held(self, srv, q: np.ndarray, segs: list, sig: str, side: int = 0) -> dict[int, np.ndarray]:
         """The filter's distinct vector keys in each of the ``PROBE`` lists nearest the question that
         hold any (a category's passages sit in few lists: all of them). A list's keys under a filter
         do not depend on the question: kept for the last few filters (``sig``)."""
@@ -189,7 +189,7 @@ class Retriever:
             self._held_by.pop(next(iter(self._held_by)))
         held: dict[int, np.ndarray] = {}
         segs = [(s, m if self._live(s) is None else (self._live(s) if m is None else m & self._live(s))) for s, m in segs]
-        for k in srv.nearest_lists(q):
+        for k in srv.nearest_lists(q, side):
             if k not in known:
                 parts = []
                 for s, m in segs:
@@ -255,7 +255,7 @@ class Retriever:
             fetch = min(OVERFETCH_MAX, -(-n * pool // kept))
             got = self._rows(self._passages_of(self._chroma(lambda srv: srv.nearest(qv[0], fetch, side)), segs), n)
         if len(got) < n:
-            best = self._chroma(lambda srv: srv.search_among(qv[0], n, self._held(srv, qv[0], segs, sig), side))
+            best = self._chroma(lambda srv: srv.search_among(qv[0], n, self._held(srv, qv[0], segs, sig, side), side))
             got = self._rows(self._passages_of(best, segs), n)
         return list(got)[:n], got
 
