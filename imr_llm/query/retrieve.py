@@ -20,7 +20,7 @@ from ..core.filters import Filters
 from ..index import Index, IndexProblem
 from ..index.segments import Segment, merged
 from ..index.vectors import PROBE, SIDES, server_keys
-from ..procs import threads  # noqa: F401  (the page takes its pools from here too)
+from ..procs import threads  # (the page takes its pools from here too)
 
 RRF_K = 60
 # Chroma server: a filter keeping at least this share of the passages keeps its passages of the
@@ -289,9 +289,13 @@ class Retriever:
         n = max(50, k * overfetch)
         self.segments()
         masks = self._masks(filters) if filters.active() else {}
-        lex_found = self.lexical(query, n, masks)
         if self.index.remote_vectors:
-            return self._search_server(self._server_dense(qv, n, filters, masks), k, filters, per_letter, lex_found)
+            # BM25 on a thread of its own while the server's lists answer: they wait on HTTP, it
+            # computes (the store, whose connection is this thread's, is read here only)
+            lex = threads("imr-lexical").submit(self.lexical, query, n, masks)
+            dense_got = self._server_dense(qv, n, filters, masks)
+            return self._search_server(dense_got, k, filters, per_letter, lex.result())
+        lex_found = self.lexical(query, n, masks)
         dense_found = self.dense(qv, n, masks)
         rows = self.index.store.rows({r for _, r, _ in lex_found + dense_found})
         by_id = {d["id"]: d for d in rows.values()}
