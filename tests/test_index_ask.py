@@ -414,9 +414,19 @@ def test_decision_copies_are_routed_by_their_own_centroids(tmp_path, chroma_serv
         # read back from the store by another reader: the same routing
         again = ServerLists(st, "t", "test-embedder", None)
         assert np.allclose(again.side_centroids(1), got) and again.nearest_lists(q, 1)[0] == lists[120]
-        # rows rolled back: what the writer summed for them goes too
+        # rows rolled back: what the writer summed for them goes too (the next commit adds only its own)
         srv.add([1], v[120:121], ["Upheld"])
-        srv.send()
         st.rollback()
         srv.forget_unsent()
-        assert np.allclose(srv.side_centroids(1), got)
+        srv.add([2], v[121:122], ["Upheld"])
+        srv.send()
+        st.commit()
+        k = int(lists[120])
+        stored = np.frombuffer(st.db.execute("SELECT vsum FROM server_side_sums WHERE vlist=? AND vside=1", (k,)).fetchone()[0])
+        assert np.allclose(stored, want + m[121], atol=1e-6)
+        assert st.db.execute("SELECT name FROM sqlite_master WHERE name='server_vectors_key_side'").fetchone()
+        # an index whose copies were made before the sums were kept stays routed by the lists' centroids
+        st.set_meta("server_side_sums", "0")
+        st.commit()
+        old = ServerLists(st, "t", "test-embedder", None)
+        assert old.side_centroids(1) is None and old.nearest_lists(q, 1) == old.nearest_lists(q)

@@ -117,7 +117,7 @@ class ServerLists:
         self._sums: dict[int, np.ndarray] | None = None  # side -> (lists, dim) float64 sums of its passages' vectors
         self._sums_changed = False
         self._side_centroids: dict[int, np.ndarray | None] = {}
-        self._key_side_index = False  # server_vectors(vkey, vside), made by the first add of a writer
+        self._key_side_index = False  # server_vectors(vkey, vside) is there (looked at by a writer's first add)
 
     # -- collections
     def _collection(self, name: str):
@@ -170,6 +170,7 @@ class ServerLists:
             self.store.db.execute("ALTER TABLE server_vectors ADD COLUMN vside INTEGER DEFAULT 0")
         self.store.set_meta("server_lists", str(len(c)))
         self.store.set_meta("server_sides", "1")
+        self.store.set_meta("server_side_sums", "1")  # summed from the first vector (an index sided before: not)
         self._centroids = np.asarray(c, dtype=np.float32)
 
     # -- writing
@@ -185,7 +186,7 @@ class ServerLists:
         have: set[tuple[str, int]] = set()  # (key, 0) on the server; (key, side) in that side's copy
         uniq = list(dict.fromkeys(keys))
         on = [0, *SIDES.values()] if sided else [0]
-        if sided and not self._key_side_index:
+        if sided and not self._key_side_index:  # (made with this writer's rows: a rollback takes it too, see forget_unsent)
             self.store.db.execute("CREATE INDEX IF NOT EXISTS server_vectors_key_side ON server_vectors(vkey, vside)")
             self._key_side_index = True
         # one index seek per key and copy: a boilerplate vector's passages are tens of thousands at 1M
@@ -206,7 +207,7 @@ class ServerLists:
             self._pending.setdefault(ks, {}).update(kv)
             if len(self._pending[ks]) >= SEND_AT:
                 self._send(ks)
-        if sided:
+        if sided and self.summed:
             self._add_sums(lists, v16, np.asarray(sides))
             self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist, vside) VALUES (?,?,?,?)",
                                       [(r, key, int(k), sd) for r, key, k, sd in zip(rowids, keys, lists, sides)])
@@ -233,10 +234,22 @@ class ServerLists:
                 np.add.at(sums[side], lists[sel], v16[sel].astype(np.float64))
                 self._sums_changed = True
 
+    @property
+    def summed(self) -> bool:
+        """Each decision's vectors are summed per list (an index whose copies were made before is
+        routed by the lists' centroids until rebuilt: sums of only its later letters would misroute)."""
+        return self.store.get_meta("server_side_sums") == "1"
+
     def forget_unsent(self) -> None:
-        """After the store rolled back: what this writer held for its uncommitted rows."""
-        self._sums, self._sums_changed, self._pending, self._unused = None, False, {}, {}
-        self._side_centroids = {}
+        """After the store rolled back: what this writer held for its uncommitted rows (the upserts
+        under way are waited for, their failures already the writer's)."""
+        for f in self._sent:
+            try:
+                f.result()
+            except Exception:
+                pass
+        self._sent, self._pending, self._unused = [], {}, {}
+        self._sums, self._sums_changed, self._side_centroids, self._key_side_index = None, False, {}, False
 
     def _send(self, ks: tuple[int, int]) -> None:
         kv = self._pending.pop(ks, {})
@@ -326,7 +339,7 @@ class ServerLists:
         if side not in self._side_centroids:
             rows = self.store.db.execute("SELECT vlist, vsum FROM server_side_sums WHERE vside=?", (side,)).fetchall()
             c = self.centroids()
-            if not rows or c is None:
+            if not rows or c is None or not self.summed:
                 self._side_centroids[side] = None
             else:
                 m = np.zeros(c.shape, dtype=np.float64)
@@ -342,7 +355,10 @@ class ServerLists:
         if c is None:
             return []
         sc = self.side_centroids(side) if side else None
-        return [int(k) for k in np.argsort(-((c if sc is None else sc) @ q), kind="stable")]
+        score = (c if sc is None else sc) @ q
+        if sc is not None:
+            score[~sc.any(axis=1)] = -np.inf  # a list holding none of the decision's passages: last
+        return [int(k) for k in np.argsort(-score, kind="stable")]
 
     def nearest(self, q: np.ndarray, n: int, side: int = 0) -> list[tuple[float, str, int]]:
         """The ``n`` best vectors of the ``PROBE`` lists nearest the question (of their copies for a

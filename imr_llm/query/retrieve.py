@@ -12,6 +12,7 @@ decision asks that decision's copies of the lists.
 """
 from __future__ import annotations
 
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -293,7 +294,12 @@ class Retriever:
             # BM25 on a thread of its own while the server's lists answer: they wait on HTTP, it
             # computes (the store, whose connection is this thread's, is read here only)
             lex = threads("imr-lexical").submit(self.lexical, query, n, masks)
-            dense_got = self._server_dense(qv, n, filters, masks)
+            try:
+                dense_got = self._server_dense(qv, n, filters, masks)
+            except BaseException:
+                if not lex.cancel():  # never left running under this Retriever's next search
+                    wait([lex])
+                raise
             return self._search_server(dense_got, k, filters, per_letter, lex.result())
         lex_found = self.lexical(query, n, masks)
         dense_found = self.dense(qv, n, masks)
