@@ -430,3 +430,7 @@ def test_decision_copies_are_routed_by_their_own_centroids(tmp_path, chroma_serv
         st.commit()
         old = ServerLists(st, "t", "test-embedder", None)
         assert old.side_centroids(1) is None and old.nearest_lists(q, 1) == old.nearest_lists(q)
+        old.add([3], v[122:123], ["Upheld"])  # its rows still say their decision (its copies need it)
+        old.send()
+        assert st.db.execute("SELECT vside FROM server_vectors WHERE rowid=3").fetchone() == (1,)
+        st.commit()

@@ -207,8 +207,9 @@ class ServerLists:
             self._pending.setdefault(ks, {}).update(kv)
             if len(self._pending[ks]) >= SEND_AT:
                 self._send(ks)
-        if sided and self.summed:
-            self._add_sums(lists, v16, np.asarray(sides))
+        if sided:
+            if self.summed:
+                self._add_sums(lists, v16, np.asarray(sides))
             self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist, vside) VALUES (?,?,?,?)",
                                       [(r, key, int(k), sd) for r, key, k, sd in zip(rowids, keys, lists, sides)])
         else:
