@@ -319,7 +319,7 @@ def bench_dense_recall(data_dir: Path) -> dict:
 
 
 def _exact_vectors(remote, local: Path):
-    """Every passage's vector for an exact scan: (chunk ids, matrix, what closes the source). From
+    """Every passage's vector for an exact scan: (chunk ids, matrix, what closes the source, its name). From
     ``local`` (an index of the same records without a server) when it exists, else the server's own
     copy of each distinct vector, read list by list and given to each passage that names it (what
     the lists' answers are then compared against is what the server holds: the ANN's loss alone)."""
@@ -335,7 +335,7 @@ def _exact_vectors(remote, local: Path):
         for seg in (Segment(loc.dir, num, vectors=True) for num, _ in loc.store.segments()):
             blocks.append(seg.vectors()[:])
             vid += [id_of[int(r)] for r in np.asarray(seg.rowids)]
-        return vid, np.vstack(blocks).astype(np.float32), loc.close
+        return vid, np.vstack(blocks).astype(np.float32), loc.close, "local index"
     srv, at, blocks = remote.server, {}, []
     for k in range(len(srv.centroids())):
         col, off = srv.list_collection(k), 0
@@ -343,14 +343,14 @@ def _exact_vectors(remote, local: Path):
             got = col.get(include=["embeddings"], limit=10_000, offset=off)
             if not len(got["ids"]):
                 break
-            base = sum(len(b) for b in blocks)
+            base = len(at)
             at.update((key, base + i) for i, key in enumerate(got["ids"]))
             blocks.append(np.asarray(got["embeddings"], dtype=np.float16))
             off += len(got["ids"])
             del got
     rows = remote.store.db.execute("SELECT c.id, s.vkey FROM server_vectors s JOIN chunks c ON c.rowid = s.rowid").fetchall()
     of = np.fromiter((at[key] for _, key in rows), dtype=np.int64, count=len(rows))
-    return [c for c, _ in rows], _PerPassage(np.vstack(blocks).astype(np.float32), of), lambda: None
+    return [c for c, _ in rows], _PerPassage(np.vstack(blocks).astype(np.float32), of), lambda: None, "the server's vectors"
 
 
 class _PerPassage:
@@ -375,7 +375,7 @@ def server_recall(remote, local: Path) -> dict:
     bench questions, and the time of the server's dense search for 80 passages (what search asks)."""
     import numpy as np
 
-    vid, mat, close = _exact_vectors(remote, local)
+    vid, mat, close, source = _exact_vectors(remote, local)
     pos_of = {c: k for k, c in enumerate(vid)}
     strict, ties, lat = [], [], []
     srv = remote.server
@@ -392,7 +392,7 @@ def server_recall(remote, local: Path) -> dict:
            "strict_mean": round(float(np.mean(strict)), 3), "tie_aware_mean": round(float(np.mean(ties)), 3),
            "tie_aware_min": min(ties), "questions": len(ties),
            "search80_p50_ms": round(float(np.median(lat)), 1), "search80_max_ms": round(max(lat), 1),
-           "exact_from": "local index" if (local / "index" / "store.sqlite").exists() else "the server's vectors"}
+           "exact_from": source}
     out["filtered"] = _server_filtered_recall(remote, mat, pos_of)
     close()
     return out

@@ -216,19 +216,20 @@ class ServerLists:
             self.store.db.executemany("INSERT OR REPLACE INTO server_vectors (rowid, vkey, vlist) VALUES (?,?,?)",
                                       [(r, key, int(k)) for r, key, k in zip(rowids, keys, lists)])
 
-    def _side_sums(self, dim: int) -> dict[int, np.ndarray]:
-        if self._sums is None:
-            n = len(self.centroids())
-            self._sums = {side: np.zeros((n, dim)) for side in SIDES.values()}
-            for k, side, blob in self.store.db.execute("SELECT vlist, vside, vsum FROM server_side_sums"):
-                self._sums[side][k] = np.frombuffer(blob, dtype=np.float64)
-        return self._sums
+    def _stored_sums(self) -> dict[int, np.ndarray]:
+        """Each decision's committed sums, (lists, dim) float64 (a list without any: zeros)."""
+        sums = {side: np.zeros(self.centroids().shape) for side in SIDES.values()}
+        for k, side, blob in self.store.db.execute("SELECT vlist, vside, vsum FROM server_side_sums"):
+            sums[side][k] = np.frombuffer(blob, dtype=np.float64)
+        return sums
 
     def _add_sums(self, lists: np.ndarray, v16: np.ndarray, sides: np.ndarray) -> None:
         """Each decision's passages' vectors added to its sums per list (written by ``send``, with
         the rows, before the store commits; a removed passage's vector stays in them until a
         rebuild: they only route)."""
-        sums = self._side_sums(v16.shape[1])
+        if self._sums is None:
+            self._sums = self._stored_sums()
+        sums = self._sums
         for side in SIDES.values():
             sel = sides == side
             if sel.any():
@@ -338,16 +339,11 @@ class ServerLists:
         """A decision's centroid in each list (the mean of its passages' vectors there; a list with
         none of them: zeros), or None for an index written before they were kept."""
         if side not in self._side_centroids:
-            rows = self.store.db.execute("SELECT vlist, vsum FROM server_side_sums WHERE vside=?", (side,)).fetchall()
-            c = self.centroids()
-            if not rows or c is None or not self.summed:
-                self._side_centroids[side] = None
+            m = self._stored_sums()[side] if self.centroids() is not None and self.summed else None
+            if m is not None and m.any():
+                self._side_centroids[side] = (m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)).astype(np.float32)
             else:
-                m = np.zeros(c.shape, dtype=np.float64)
-                for k, blob in rows:
-                    m[k] = np.frombuffer(blob, dtype=np.float64)
-                m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-                self._side_centroids[side] = m.astype(np.float32)
+                self._side_centroids[side] = None
         return self._side_centroids[side]
 
     def nearest_lists(self, q: np.ndarray, side: int = 0) -> list[int]:
